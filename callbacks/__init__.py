@@ -1,0 +1,1 @@
+"""Lightning callbacks shipped as ``fms_lightning.callbacks``."""
