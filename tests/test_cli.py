@@ -1,0 +1,35 @@
+"""The fms-lightning command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from fms_lightning.cli import main
+from fms_lightning.optim import NADAMW_LIST
+
+
+def test_presets_prints_the_table(capsys) -> None:
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for i, point in enumerate(NADAMW_LIST, 1):
+        assert f"nadamw-list/{i}" in out and repr(point.lr) in out
+
+
+def test_presets_yaml_round_trips(capsys, tmp_path) -> None:
+    from fms_lightning.optim import load_hparam_list
+
+    assert main(["presets", "--format", "yaml"]) == 0
+    path = tmp_path / "list.yaml"
+    path.write_text(capsys.readouterr().out)
+    assert load_hparam_list(path) == NADAMW_LIST
+
+
+def test_library_errors_become_exit_status_2(capsys, tmp_path) -> None:
+    assert main(["presets", "--list", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_console_script_is_installed() -> None:
+    exe = subprocess.run([sys.executable, "-m", "fms_lightning.cli", "presets"], capture_output=True, text=True)
+    assert exe.returncode == 0 and "nadamw-list/5" in exe.stdout
