@@ -1,0 +1,24 @@
+"""The ``>>>`` examples in public docstrings run and give the shown results."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "fms_lightning.optim.nadamw",
+    "fms_lightning.optim.schedule",
+    "fms_lightning.optim.presets",
+    "fms_lightning.optim.module",
+    "fms_lightning.examples.sklearn_data",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{name} has no examples"
+    assert result.failed == 0
