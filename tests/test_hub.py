@@ -1,0 +1,100 @@
+"""ModelHub: manifests, safe loading, and errors that name the entry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from fms_lightning.errors import HubError
+from fms_lightning.hub import HubEntry, ModelHub
+
+
+def make_mlp(width: int = 8) -> nn.Module:
+    return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 3))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def _hub_dir(tmp_path, entries, fmt="yaml"):
+    import yaml
+
+    text = yaml.safe_dump({"entries": entries}) if fmt == "yaml" else json.dumps({"entries": entries})
+    (tmp_path / f"hub.{fmt}").write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_from_directory_builds_entries_with_their_weights(tmp_path, fmt) -> None:
+    torch.manual_seed(0)
+    a, b = make_mlp(8), make_mlp(16)
+    save_file(a.state_dict(), str(tmp_path / "a.safetensors"))
+    torch.save(b.state_dict(), tmp_path / "b.pt")
+    factory = f"{__name__}:make_mlp"
+    hub = ModelHub.from_directory(_hub_dir(tmp_path, [
+        {"name": "mlp-8", "factory": factory, "weights": "a.safetensors", "metadata": {"pretrain_epochs": 3}},
+        {"name": "mlp-16", "factory": factory, "kwargs": {"width": 16}, "weights": "b.pt"},
+    ], fmt))
+    assert hub.names == ["mlp-8", "mlp-16"] and len(hub) == 2
+    for entry, ref in zip(hub, (a, b)):
+        built = entry.build()
+        assert all(torch.equal(x, y) for x, y in zip(built.state_dict().values(), ref.state_dict().values()))
+    assert hub["mlp-8"].metadata == {"pretrain_epochs": 3}
+
+
+def test_unknown_entry_lists_the_valid_ones(tmp_path) -> None:
+    hub = ModelHub([HubEntry("one", make_mlp), HubEntry("two", make_mlp)])
+    with pytest.raises(KeyError, match=r"\['one', 'two'\]"):
+        hub["three"]
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "..", "", ".hidden"])
+def test_names_that_would_escape_are_refused(tmp_path, name) -> None:
+    with pytest.raises(HubError, match="Invalid hub entry name"):
+        HubEntry(name, make_mlp)
+    with pytest.raises(HubError, match="Invalid hub entry name"):
+        ModelHub.from_directory(_hub_dir(tmp_path, [{"name": name, "factory": f"{__name__}:make_mlp"}]))
+
+
+def test_weights_path_that_escapes_is_refused(tmp_path) -> None:
+    inner = tmp_path / "hub"
+    inner.mkdir()
+    save_file(make_mlp().state_dict(), str(tmp_path / "outside.safetensors"))
+    with pytest.raises(HubError, match="escapes the hub folder"):
+        ModelHub.from_directory(_hub_dir(inner, [
+            {"name": "x", "factory": f"{__name__}:make_mlp", "weights": "../outside.safetensors"}]))
+
+
+def test_missing_and_corrupt_files_name_the_entry(tmp_path) -> None:
+    with pytest.raises(HubError, match="'gone'.*does not exist"):
+        ModelHub.from_directory(_hub_dir(tmp_path, [
+            {"name": "gone", "factory": f"{__name__}:make_mlp", "weights": "nope.safetensors"}]))
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    entry = HubEntry("broken", make_mlp, tmp_path / "bad.safetensors")
+    with pytest.raises(HubError, match="'broken'.*corrupt"):
+        entry.build()
+
+
+def test_arbitrary_pickles_are_never_unpickled(tmp_path, capsys) -> None:
+    torch.save({"weight": _Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(HubError, match="'evil'"):
+        HubEntry("evil", make_mlp, tmp_path / "evil.pt").state_dict()
+    assert "unpickled!" not in capsys.readouterr().out
+
+
+def test_weights_that_do_not_fit_and_bad_factories(tmp_path) -> None:
+    save_file(make_mlp(8).state_dict(), str(tmp_path / "w.safetensors"))
+    with pytest.raises(HubError, match="'wide'.*do not fit"):
+        HubEntry("wide", make_mlp, tmp_path / "w.safetensors", kwargs={"width": 32}).build()
+    with pytest.raises(HubError, match="not an nn.Module"):
+        HubEntry("str", lambda: "model").build()
+    with pytest.raises(HubError, match="Cannot import"):
+        ModelHub.from_directory(_hub_dir(tmp_path, [{"name": "x", "factory": "no.such.module:f"}]))
+    with pytest.raises(HubError, match="Duplicate"):
+        ModelHub([HubEntry("a", make_mlp), HubEntry("a", make_mlp)])

@@ -1,0 +1,139 @@
+"""The study store: rows, snapshots, atomicity, the single-writer lock, crash consistency."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from fms_lightning.errors import ConfigurationError, StudyError, StudyLockedError
+from fms_lightning.study import Study, TrialStatus, atomic_write
+
+
+def test_trials_and_contiguous_observations(tmp_path) -> None:
+    with Study(tmp_path) as study:
+        a = study.add_trial({"lr": 0.1, "width": 8}, "cnn-a")
+        b = study.add_trial({"lr": 0.2})
+        assert (a, b) == (1, 2)
+        study.add_observation(a, 1, 0.5, metrics={"val_acc": 0.5, "val_loss": 1.0})
+        study.add_observation(a, 2, 0.7)
+        with pytest.raises(StudyError, match="next must be 3"):
+            study.add_observation(a, 4, 0.9)
+        with pytest.raises(StudyError, match="next must be 1"):
+            study.add_observation(b, 2, 0.9)
+        with pytest.raises(StudyError, match="not finite"):
+            study.add_observation(b, 1, float("nan"))
+        c = study.add_trial({})
+        study.add_observation(c, 2, 0.1, contiguous=False)
+        study.add_observation(c, 4, 0.2, contiguous=False)
+        with pytest.raises(StudyError, match="must increase"):
+            study.add_observation(c, 3, 0.2, contiguous=False)
+        study.add_observation(a, 2, 0.75)  # re-recording the latest epoch replaces it
+        assert [(o.epoch, o.value) for o in study.observations(a)] == [(1, 0.5), (2, 0.75)]
+        assert study.observations(a)[0].metrics == {"val_acc": 0.5, "val_loss": 1.0}
+        study.set_status(b, TrialStatus.FAILED, reason="loss was nan")
+        rec = study.trial(b)
+        assert rec.status is TrialStatus.FAILED and rec.reason == "loss was nan"
+        assert study.trial(a).config == {"lr": 0.1, "width": 8} and study.trial(a).hub_entry == "cnn-a"
+        assert [t.trial_id for t in study.trials(TrialStatus.PENDING)] == [a, c]
+        assert study.budget_used() == 4 and study.last_epoch(a) == 2
+        assert study.best("max").value == 0.75 and study.best("min").value == 0.1
+        with pytest.raises(ConfigurationError, match="'min' or 'max'"):
+            study.best("maximize")
+        with pytest.raises(StudyError, match="No trial 9"):
+            study.set_status(9, "paused")
+
+
+def test_snapshots_and_tuner_state_round_trip(tmp_path) -> None:
+    state = {"w": torch.randn(3, 4), "b": torch.randn(4, dtype=torch.float64), "n": torch.tensor(7)}
+    with Study(tmp_path) as study:
+        t = study.add_trial({})
+        rel0 = study.save_snapshot(t, 0, state)
+        rel1 = study.save_snapshot(t, 1, state, fp16=True)
+        assert study.start_weights_path(t) == rel0
+        back = study.load_snapshot(rel0)
+        assert all(torch.equal(back[k], state[k]) for k in state)
+        half = study.load_snapshot(rel1)
+        assert half["w"].dtype == torch.float16 and half["n"].dtype == torch.int64
+        study.save_tuner_state({"step": 3, "tensor": torch.arange(4), "nested": {"a": [1.0, 2.0]}})
+    with Study(tmp_path, readonly=True) as reader:
+        loaded = reader.load_tuner_state()
+        assert loaded["step"] == 3 and torch.equal(loaded["tensor"], torch.arange(4))
+        with pytest.raises(StudyError, match="read-only"):
+            reader.add_trial({})
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path) -> None:
+    target = tmp_path / "file.bin"
+
+    def boom(tmp):
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, boom)
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    atomic_write(target, lambda tmp: tmp.write_bytes(b"whole"))
+    assert target.read_bytes() == b"whole"
+
+
+def test_single_writer_lock(tmp_path) -> None:
+    first = Study(tmp_path)
+    with pytest.raises(StudyLockedError, match=f"pid {os.getpid()}"):
+        Study(tmp_path)
+    Study(tmp_path, readonly=True).close()  # readers are fine
+    first.close()
+    Study(tmp_path).close()
+
+
+def test_lock_is_released_when_the_writer_is_killed(tmp_path) -> None:
+    code = f"from fms_lightning.study import Study; s = Study({str(tmp_path)!r}); print('ready', flush=True); import time; time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        with pytest.raises(StudyLockedError):
+            Study(tmp_path)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    Study(tmp_path).close()
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, torch
+    from fms_lightning.study import Study
+    study = Study(sys.argv[1])
+    tid = study.add_trial({"i": 0})
+    g = torch.Generator().manual_seed(0)
+    for epoch in range(1, 100000):
+        rel = study.save_snapshot(tid, epoch, {"w": torch.randn(256, 256, generator=g)})
+        study.add_observation(tid, epoch, float(epoch), snapshot=rel)
+        if epoch == 3:
+            print("going", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.45])
+def test_sigkill_at_any_moment_leaves_a_consistent_study(tmp_path, delay: float) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "going"
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with Study(tmp_path) as study:
+        obs = study.observations(1)
+        assert len(obs) >= 3
+        assert [o.epoch for o in obs] == list(range(1, len(obs) + 1))
+        for o in obs:  # every recorded row names a complete, loadable snapshot
+            assert study.load_snapshot(o.snapshot)["w"].shape == (256, 256)
+        # The study can be continued.
+        study.add_observation(1, len(obs) + 1, 0.0)
+        assert study._query("PRAGMA integrity_check")[0][0] == "ok"
