@@ -14,6 +14,7 @@ that order, and are flushed at teardown.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import queue
 import threading
@@ -27,7 +28,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from fms_lightning.errors import ConfigurationError, StudyError
+from fms_lightning.errors import ConfigurationError, MissingMetricError, StudyError, TrialFailedError
 from fms_lightning.study import Study, TrialStatus
 
 __all__ = ["WeightSnapshot"]
@@ -140,11 +141,13 @@ class WeightSnapshot(Callback):
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if _is_scalar(v)}
         if self.monitor not in metrics:
-            raise ConfigurationError(
+            raise MissingMetricError(
                 f"WeightSnapshot could not find the monitored metric {self.monitor!r}. "
                 f"Logged metrics are: {sorted(metrics) or 'none'}. Log it with self.log({self.monitor!r}, ...) "
                 "in validation_step, or pass one of the logged names as monitor=."
             )
+        if not math.isfinite(metrics[self.monitor]):
+            raise TrialFailedError(f"the monitored metric {self.monitor!r} is {metrics[self.monitor]} at epoch {epoch}")
         self.last_epoch = epoch
         self.epochs_recorded += 1
         if trainer.is_global_zero:

@@ -14,6 +14,7 @@ __all__ = [
     "FMSError",
     "ConfigurationError",
     "UnknownPresetError",
+    "MissingMetricError",
     "SearchSpaceError",
     "GraphConstructionError",
     "IncompatibleWeightsError",
@@ -38,6 +39,10 @@ class UnknownPresetError(FMSError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the whole message otherwise
         return str(self.args[0]) if self.args else ""
+
+
+class MissingMetricError(ConfigurationError):
+    """A metric that should be monitored was never logged."""
 
 
 class SearchSpaceError(ConfigurationError):

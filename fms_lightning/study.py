@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS trials (
     reason TEXT,
     source TEXT NOT NULL,
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    opt_trial_id INTEGER UNIQUE
 );
 CREATE TABLE IF NOT EXISTS observations (
     trial_id INTEGER NOT NULL REFERENCES trials(trial_id),
@@ -90,6 +91,7 @@ class TrialRecord:
     source: str
     created: float
     updated: float
+    opt_trial_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class Observation:
     metrics: dict[str, float] = field(default_factory=dict)
     snapshot: str | None = None
     wall_time: float = 0.0
+    created: float = 0.0
 
 
 def _fsync_dir(path: Path) -> None:
@@ -273,16 +276,31 @@ class Study:
     # -------------------------------------------------------------------- trials
     def add_trial(
         self, config: Mapping[str, Any], hub_entry: str | None = None, *, source: str = "tuner",
-        status: TrialStatus = TrialStatus.PENDING,
+        status: TrialStatus = TrialStatus.PENDING, opt_trial_id: int | None = None,
     ) -> int:
-        """Record a new trial and return its id (1, 2, ...)."""
+        """Record a new trial and return its id (1, 2, ...).
+
+        Args:
+            config: The trial's hyperparameters (JSON-serialisable).
+            hub_entry: The hub model it starts from.
+            source: Who created it (``"tuner"``, ``"callback"``, ...).
+            status: Its initial status.
+            opt_trial_id: The optimizer's id for the trial. Adding a trial with an
+                ``opt_trial_id`` that exists returns the existing trial (so a
+                tuner that crashed right after adding it can safely add it again).
+        """
         now = time.time()
         blob = json.dumps(dict(config), sort_keys=True, default=_json_default)
         with self._transaction() as cur:
+            if opt_trial_id is not None:
+                row = cur.execute("SELECT trial_id FROM trials WHERE opt_trial_id = ?", (int(opt_trial_id),)).fetchone()
+                if row is not None:
+                    return int(row[0])
             cur.execute(
-                "INSERT INTO trials(config, hub_entry, status, reason, source, created, updated) "
-                "VALUES (?, ?, ?, NULL, ?, ?, ?)",
-                (blob, hub_entry, TrialStatus(status).value, source, now, now),
+                "INSERT INTO trials(config, hub_entry, status, reason, source, created, updated, opt_trial_id) "
+                "VALUES (?, ?, ?, NULL, ?, ?, ?, ?)",
+                (blob, hub_entry, TrialStatus(status).value, source, now, now,
+                 None if opt_trial_id is None else int(opt_trial_id)),
             )
             return int(cur.lastrowid)
 
@@ -318,9 +336,11 @@ class Study:
 
     @staticmethod
     def _trial(row: sqlite3.Row) -> TrialRecord:
+        opt_id = row["opt_trial_id"]
         return TrialRecord(
             int(row["trial_id"]), json.loads(row["config"]), row["hub_entry"], TrialStatus(row["status"]),
             row["reason"], row["source"], float(row["created"]), float(row["updated"]),
+            None if opt_id is None else int(opt_id),
         )
 
     # -------------------------------------------------------------- observations
@@ -342,6 +362,7 @@ class Study:
         if not math.isfinite(value):
             raise StudyError(f"Trial {trial_id} epoch {epoch}: the monitored value {value} is not finite.")
         clean = {k: float(v) for k, v in (metrics or {}).items()}
+        now = time.time()
         with self._transaction() as cur:
             if cur.execute("SELECT 1 FROM trials WHERE trial_id = ?", (int(trial_id),)).fetchone() is None:
                 raise StudyError(f"No trial {trial_id} in the study at {str(self.path)!r}.")
@@ -356,10 +377,10 @@ class Study:
             cur.execute(
                 "INSERT OR REPLACE INTO observations(trial_id, epoch, value, metrics, snapshot, wall_time, created) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (int(trial_id), epoch, value, json.dumps(clean, sort_keys=True), snapshot, float(wall_time), time.time()),
+                (int(trial_id), epoch, value, json.dumps(clean, sort_keys=True), snapshot, float(wall_time), now),
             )
-            cur.execute("UPDATE trials SET updated = ? WHERE trial_id = ?", (time.time(), int(trial_id)))
-        return Observation(int(trial_id), epoch, value, clean, snapshot, float(wall_time))
+            cur.execute("UPDATE trials SET updated = ? WHERE trial_id = ?", (now, int(trial_id)))
+        return Observation(int(trial_id), epoch, value, clean, snapshot, float(wall_time), now)
 
     def observations(self, trial_id: int | None = None) -> list[Observation]:
         """Observations in (trial, epoch) order, for one trial or all."""
@@ -370,7 +391,7 @@ class Study:
         rows = self._query(sql + " ORDER BY trial_id, epoch", args)
         return [
             Observation(int(r["trial_id"]), int(r["epoch"]), float(r["value"]), json.loads(r["metrics"]),
-                        r["snapshot"], float(r["wall_time"]))
+                        r["snapshot"], float(r["wall_time"]), float(r["created"]))
             for r in rows
         ]
 

@@ -58,7 +58,7 @@ class SklearnDataModule(pl.LightningDataModule):
         name: ``"digits"`` (8×8 images), ``"wine"`` or ``"breast_cancer"``.
         batch_size: Training and validation batch size.
         val_fraction: Fraction of the data held out for validation, in (0, 1).
-        seed: Seed of the split and of the training-loader shuffle.
+        seed: Seed of the split. The training loader shuffles with torch's global RNG.
         as_image: For ``digits``, yield `(batch, 1, 8, 8)` images instead of
             `(batch, 64)` vectors.
 
@@ -122,8 +122,9 @@ class SklearnDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:  # noqa: D102 (Lightning hook)
         assert self.train_set is not None, "call setup() first"
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=gen)
+        # Shuffled with torch's global RNG, drawn when each epoch starts: seed it with
+        # lightning's seed_everything (or EpochSeeder, which makes resumed runs repeatable).
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:  # noqa: D102 (Lightning hook)
         assert self.val_set is not None, "call setup() first"
