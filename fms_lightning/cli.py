@@ -4,6 +4,8 @@ Subcommands:
 
 - ``demo [RECIPE] [key=value ...]``: train the digits CNN with a NAdamW-list preset.
 - ``presets [--list FILE] [--format table|yaml]``: print a NAdamW hyperparameter list.
+- ``tune [RECIPE] [key=value ...]``: run Forecasting Model Search from a recipe.
+- ``status STUDY_DIR``: trials, the best result so far, and the budget used.
 """
 
 from __future__ import annotations
@@ -44,6 +46,40 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from fms_lightning.recipe_tune import run_tune_recipe
+    from fms_lightning.recipes import load_recipe
+
+    run_tune_recipe(load_recipe(args.recipe, args.overrides))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from fms_lightning.result import leaderboard
+    from fms_lightning.study import Study
+
+    with Study(args.study_dir, readonly=True) as study:
+        settings = study.get_meta("tuner_settings") or {}
+        mode = settings.get("mode", args.mode)
+        trials = study.trials()
+        board = leaderboard(study, mode, trials=trials)
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.status.value] = counts.get(t.status.value, 0) + 1
+        print(f"study {args.study_dir}: {len(trials)} trials ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}); "
+              f"budget used {study.budget_used()} epochs; method {settings.get('method', '-')}, "
+              f"monitor {settings.get('monitor', '-')} ({mode})")
+        best = study.best(mode)
+        if best is not None:
+            entry = study.trial(best.trial_id).hub_entry
+            print(f"best: {best.value:.4f} at epoch {best.epoch} of trial {best.trial_id} (hub entry {entry})")
+        print(f"{'trial':>5}  {'status':<10}{'hub entry':<16}{'epochs':>6}  {'best':>8}  reason")
+        for r in sorted(board, key=lambda r: r.trial_id):
+            best_s = f"{r.best_value:.4f}" if r.best_value is not None else "-"
+            print(f"{r.trial_id:>5}  {r.status:<10}{str(r.hub_entry or '-'):<16}{r.epochs:>6}  {best_s:>8}  {r.reason or ''}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fms-lightning", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +94,16 @@ def _parser() -> argparse.ArgumentParser:
     presets.add_argument("--list", help="a list YAML of your own (default: the built-in NADAMW_LIST)")
     presets.add_argument("--format", choices=("table", "yaml"), default="table")
     presets.set_defaults(func=_cmd_presets)
+
+    tune = sub.add_parser("tune", help="run Forecasting Model Search from a recipe (default: the digits hub)")
+    tune.add_argument("recipe", nargs="?", default="digits_hub", help="recipe name or YAML path")
+    tune.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method=dyhpo budget_epochs=20")
+    tune.set_defaults(func=_cmd_tune)
+
+    status = sub.add_parser("status", help="summarise a study folder")
+    status.add_argument("study_dir")
+    status.add_argument("--mode", choices=("min", "max"), default="max", help="for studies without tuner settings")
+    status.set_defaults(func=_cmd_status)
     return parser
 
 
@@ -66,8 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # "demo key=value" without a recipe: treat the first key=value as an override.
-    if len(argv) >= 2 and argv[0] == "demo" and "=" in argv[1]:
-        argv.insert(1, "digits_demo")
+    defaults = {"demo": "digits_demo", "tune": "digits_hub"}
+    if len(argv) >= 2 and argv[0] in defaults and "=" in argv[1]:
+        argv.insert(1, defaults[argv[0]])
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

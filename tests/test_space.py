@@ -124,3 +124,17 @@ def test_a4_recipe_loads():
     assert space["batch_size"].values == (16, 32, 64, 128, 256, 512)
     assert space["momentum"].values == (0.1, 0.5, 0.9)
     assert space["weight_decay"] == LogUniform(1e-5, 1e-1, name="weight_decay")
+
+
+def test_top_level_exports_are_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fms_lightning as f; "
+        "assert {'SearchSpace','LogUniform','Uniform','IntUniform','Choice','FMSOptimizer'} <= set(f.__all__); "
+        "assert 'gpytorch' not in sys.modules and 'lightning' not in sys.modules; "
+        "f.FMSOptimizer; assert 'lightning' not in sys.modules; print(f.__version__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0.1.0"

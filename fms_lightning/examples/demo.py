@@ -109,7 +109,7 @@ def _plot(printer: _EpochPrinter, path: Path, title: str) -> str | None:
     return str(path)
 
 
-def run_demo(cfg: DictConfig | dict[str, Any], *, stream: TextIO = sys.stdout, progress: bool = False) -> DemoResult:
+def run_demo(cfg: DictConfig | dict[str, Any], *, stream: TextIO | None = None, progress: bool = False) -> DemoResult:
     """Train the digits CNN with the recipe's preset.
 
     Args:
@@ -123,6 +123,7 @@ def run_demo(cfg: DictConfig | dict[str, Any], *, stream: TextIO = sys.stdout, p
     Raises:
         ConfigurationError: For a recipe with missing or bad keys.
     """
+    stream = stream if stream is not None else sys.stdout
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     try:
         point = resolve_preset_spec(cfg.preset)

@@ -220,6 +220,7 @@ class HubClassifier(pl.LightningModule):
 
         self.save_hyperparameters({"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "dropout": dropout})
         self.model = model
+        self.example_input_array = torch.zeros(2, 1, 8, 8)  # lets parameter_graph propagate shapes
         set_dropout(self.model, float(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102

@@ -7,8 +7,8 @@ from keyword arguments only, so a hub manifest can name them as
 - ``mlp``: flatten → Linear/ReLU stack.
 - ``cnn``: two 3×3 conv layers, max-pool, linear head.
 - ``resnet``: a stem conv and BasicBlocks (BatchNorm, 1×1 projection shortcut).
-- ``deepsets``: each pixel is a set element ``(value, row, col)``; φ-MLP, mean
-  pool, ρ-MLP. Invariant to the order of pixels.
+- ``deepsets``: each image row is a set element; φ-MLP, mean pool, ρ-MLP.
+  Invariant to the order of the rows.
 - ``vit``: 2×2 patch-embedding conv, class token, learned positional embedding,
   Transformer blocks (``nn.MultiheadAttention``, LayerNorm, MLP).
 """
@@ -93,19 +93,36 @@ class DigitsResNet(nn.Module):
 
 
 class DigitsDeepSets(nn.Module):
-    """Pixels as a set of ``(value, row, col)``; ``ρ(mean_k φ(e_k))``."""
+    """Each image row is a set element (8 pixel values); ``ρ(mean_rows φ(row))``.
+
+    Invariant to the order of the rows, so it must recognise digits from the bag
+    of their row patterns: a deliberately different inductive bias in the hub.
+    """
 
     def __init__(self, width: int = 64, num_classes: int = 10) -> None:
         super().__init__()
-        rows, cols = torch.meshgrid(torch.linspace(-1, 1, 8), torch.linspace(-1, 1, 8), indexing="ij")
-        self.register_buffer("coords", torch.stack([rows.flatten(), cols.flatten()], dim=-1), persistent=False)
-        self.phi = nn.Sequential(nn.Linear(3, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU())
+        self.phi = nn.Sequential(nn.Linear(8, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU())
         self.rho = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, num_classes))
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        values = x.flatten(1).unsqueeze(-1)  # (batch, 64, 1)
-        coords = self.coords.unsqueeze(0).expand(values.shape[0], -1, -1)
-        return self.rho(self.phi(torch.cat([values, coords], dim=-1)).mean(dim=1))
+        rows = torch.flatten(x, 1, 2)  # (batch, 8 rows, 8 pixels): the set elements
+        return self.rho(self.phi(rows).mean(dim=1))
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm Transformer block: LayerNorm → multi-head self-attention → residual; LayerNorm → MLP → residual."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 2) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=0.0, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Dropout(0.0), nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
 
 
 class DigitsViT(nn.Module):
@@ -118,20 +135,14 @@ class DigitsViT(nn.Module):
         self.patch = nn.Conv2d(1, dim, kernel_size=2, stride=2)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, 17, dim) * 0.02)
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True,
-                                       norm_first=True)
-            for _ in range(depth)
-        )
+        self.blocks = nn.Sequential(*(ViTBlock(dim, heads) for _ in range(depth)))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         tokens = self.patch(x).flatten(2).transpose(1, 2)  # (batch, 16, dim)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
-        h = torch.cat([cls, tokens], dim=1) + self.pos_embed
-        for block in self.blocks:
-            h = block(h)
+        h = self.blocks(torch.cat([cls, tokens], dim=1) + self.pos_embed)
         return self.head(self.norm(h[:, 0]))
 
 

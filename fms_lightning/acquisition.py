@@ -1,0 +1,107 @@
+"""Multi-fidelity expected improvement, EI_MF (eq. 5 of the FMS paper).
+
+Glossary:
+    x, j        a candidate config and the budget (epochs) it would be trained *to*.
+    f(x, j)     the surrogate's posterior at the candidate: mean μ, std σ (larger is better).
+    y_j^max     the best value observed at budget j; if nothing was observed at j, the best
+                value observed at any budget (DESIGN.md).
+    EI_MF       E[max{f(x, j) - y_j^max, 0}] = σ · (z Φ(z) + φ(z)), z = (μ - y_j^max) / σ.
+
+The budget EI_MF is computed at is the budget the optimizer then trains: a paused
+trial with j-1 observed epochs is scored at j, and is resumed for exactly one epoch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fms_lightning.errors import ConfigurationError
+
+__all__ = ["ei_mf", "best_per_budget", "ExpectedImprovementMF"]
+
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def ei_mf(mean: torch.Tensor, std: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """Closed-form EI_MF (eq. 5), vectorised.
+
+    Args:
+        mean: Posterior means μ, `(m,)`.
+        std: Posterior standard deviations σ, `(m,)`; σ = 0 gives ``max(μ - best, 0)``.
+        best: y_j^max for each candidate's budget, `(m,)` (or broadcastable).
+
+    Returns:
+        EI_MF values, `(m,)`, non-negative.
+    """
+    mean, std, best = torch.broadcast_tensors(mean, std, best)
+    improvement = mean - best
+    safe = std.clamp_min(1e-12)
+    z = improvement / safe
+    ei = safe * (z * torch.special.ndtr(z) + _INV_SQRT_2PI * torch.exp(-0.5 * z * z))
+    return torch.where(std > 0, ei.clamp_min(0.0), improvement.clamp_min(0.0))
+
+
+def best_per_budget(
+    observed_budgets: torch.Tensor, observed_values: torch.Tensor, budgets: torch.Tensor
+) -> torch.Tensor:
+    """y_j^max for each requested budget (eq. 5), with the "best overall" fallback.
+
+    Args:
+        observed_budgets: Budgets j of the observations, `(n,)` integer.
+        observed_values: Observed values (larger is better), `(n,)`.
+        budgets: Budgets to look up, `(m,)` integer.
+
+    Returns:
+        `(m,)` tensor: the best value observed at each budget, or the best overall where
+        nothing was observed at that budget.
+
+    Raises:
+        ConfigurationError: If there are no observations or the shapes differ.
+    """
+    if observed_values.numel() == 0 or observed_budgets.shape != observed_values.shape:
+        raise ConfigurationError(
+            f"best_per_budget received {observed_values.numel()} values with budgets of shape "
+            f"{tuple(observed_budgets.shape)}; expected at least one observation and equal shapes."
+        )
+    ob = observed_budgets.long()
+    size = int(max(int(ob.max()), int(budgets.max()) if budgets.numel() else 0)) + 1
+    table = torch.full((size,), float("-inf"), dtype=observed_values.dtype)
+    table = table.scatter_reduce(0, ob, observed_values, reduce="amax", include_self=True)
+    overall = observed_values.max()
+    table = torch.where(torch.isinf(table), overall, table)
+    return table[budgets.long()]
+
+
+class ExpectedImprovementMF(nn.Module):
+    """EI_MF (eq. 5) given the observations so far.
+
+    Args:
+        observed_budgets: Budgets of the observations, `(n,)`.
+        observed_values: Observed values (larger is better), `(n,)`.
+
+    Raises:
+        ConfigurationError: If there are no observations.
+
+    >>> acq = ExpectedImprovementMF(torch.tensor([1, 1, 2]), torch.tensor([0.1, 0.3, 0.5]))
+    >>> acq(torch.tensor([0.3]), torch.tensor([0.0]), torch.tensor([1])).tolist()
+    [0.0]
+    """
+
+    def __init__(self, observed_budgets: torch.Tensor, observed_values: torch.Tensor) -> None:
+        super().__init__()
+        if observed_values.numel() == 0:
+            raise ConfigurationError("ExpectedImprovementMF needs at least one observation; got none.")
+        self.register_buffer("observed_budgets", observed_budgets.long().reshape(-1))
+        self.register_buffer("observed_values", observed_values.reshape(-1))
+
+    def forward(self, mean: torch.Tensor, std: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+        """EI_MF of candidates with posterior ``mean``/``std`` `(m,)` at ``budget`` `(m,)`.
+
+        Returns:
+            `(m,)` EI_MF values.
+        """
+        best = best_per_budget(self.observed_budgets, self.observed_values.to(mean.dtype), budget)
+        return ei_mf(mean, std, best)

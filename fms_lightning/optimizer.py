@@ -1,0 +1,511 @@
+"""FMSOptimizer: the ask/tell core of Forecasting Model Search (Algorithms 1 and 2).
+
+Glossary:
+    x_i, j, Y_{i,j-1}, W_{i,j-1}   see ``fms_lightning.surrogate.dataset``.
+    EI_MF                          eq. 5, see ``fms_lightning.acquisition``.
+
+The loop: :meth:`FMSOptimizer.suggest` returns ``(trial_id, config, epoch)``; the caller
+trains that trial up to ``epoch`` (one more epoch, resuming its checkpoint; for
+``method="random"`` all epochs) and reports each epoch with :meth:`FMSOptimizer.observe`.
+The optimizer knows nothing of Lightning.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fms_lightning.acquisition import ExpectedImprovementMF
+from fms_lightning.errors import ConfigurationError, SurrogateError
+from fms_lightning.space import SearchSpace
+from fms_lightning.surrogate.dataset import InputLayout, make_row, training_rows
+from fms_lightning.surrogate.gp import Surrogate, SurrogateConfig
+from fms_lightning.surrogate.weights import GraphFn, WeightFeaturizer, model_graph_fn
+
+__all__ = ["Method", "TrialStatus", "Suggestion", "FMSOptimizer"]
+
+Weights = Mapping[str, torch.Tensor] | str | Path
+
+
+class Method(str, Enum):
+    FMS_GMN = "fms-gmn"
+    FMS_FLAT = "fms-flat"
+    DYHPO = "dyhpo"
+    GP = "gp"
+    RANDOM = "random"
+
+    @property
+    def uses_weights(self) -> bool:
+        return self in (Method.FMS_GMN, Method.FMS_FLAT)
+
+
+class TrialStatus(str, Enum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """Train trial ``trial_id`` (config ``config``) until it has completed ``epoch`` epochs."""
+
+    trial_id: int
+    config: dict[str, Any]
+    epoch: int
+
+
+@dataclass
+class _Trial:
+    config: dict[str, Any]
+    curve: list[float] = field(default_factory=list)  # internal units: larger is better
+    keys: list[str | None] = field(default_factory=list)  # keys[e] = content key of W_{i,e}
+    status: TrialStatus = TrialStatus.RUNNING
+    target: int = 1
+    reason: str | None = None
+    failed_at: int | None = None  # the epoch that failed, if the trial failed while running
+
+
+_FLAT_OUT_DIM = 64
+
+
+def _default_encoder(method: Method, seed: int) -> tuple[nn.Module | Callable[[Any], nn.Module], int | None]:
+    """The paper's encoders, seeded without touching the global RNG: GMN (A.6) or FLAT."""
+    from fms_lightning.weightspace import FlatEncoder, GMNEncoder
+
+    if method is Method.FMS_GMN:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return GMNEncoder(), None
+
+    def flat(reference: Any) -> nn.Module:  # FlatEncoder needs a graph of the architecture
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return FlatEncoder(reference, out_dim=_FLAT_OUT_DIM)
+
+    return flat, _FLAT_OUT_DIM
+
+
+class FMSOptimizer:
+    """Ask/tell multi-fidelity BO with a deep-kernel GP (DyHPO, and FMS with weights).
+
+    Args:
+        space: The search space.
+        max_epochs: The maximum budget of a trial, in epochs.
+        method: ``"fms-gmn"``, ``"fms-flat"``, ``"dyhpo"``, ``"gp"`` or ``"random"``.
+        mode: ``"max"`` if larger values are better, else ``"min"``.
+        seed: Seed of every random choice (candidate sampling, initialisation).
+        learning_curve: Feed Y_{i,j-1} to the surrogate (False: the "no CNN" ablation).
+        n_candidates: New configs scored per suggestion (paper A.5: random sampling).
+        kernel: ``"matern"`` or ``"rbf"``.
+        lr: Adam learning rate of the surrogate (paper: 1e-3).
+        initial_steps: Adam steps from scratch while ``<= full_fit_until`` evaluations exist.
+        refine_steps: Warm-started Adam steps per refit afterwards.
+        full_fit_until: See ``initial_steps``.
+        max_train_rows: Cap on exact-GP rows (a seeded subset past it).
+        encoder: Weight encoder for the fms methods (default: a seeded ``weightspace.GMNEncoder``
+            for ``"fms-gmn"``, ``FlatEncoder(out_dim=64)`` for ``"fms-flat"``); frozen during the study.
+        graph_fn: ``graph_fn(config, state_dict) -> Data``; the fms methods need it or ``model_factory``.
+        model_factory: ``model_factory(config) -> nn.Module``; gives
+            ``graph_fn = parameter_graph(model_factory(config), state_dict)``.
+        starting_weights_fn: ``starting_weights_fn(config) -> state_dict | path`` giving
+            W_{i,0} (the hub checkpoint); called once per hub entry; required by the fms methods.
+
+    Raises:
+        ConfigurationError: On an invalid option, or an fms method without its weight hooks.
+
+    >>> from fms_lightning import LogUniform
+    >>> opt = FMSOptimizer(SearchSpace({"lr": LogUniform(1e-4, 1e-1)}), max_epochs=3, method="dyhpo")
+    >>> s = opt.suggest()
+    >>> (s.trial_id, s.epoch)
+    (0, 1)
+    >>> opt.observe(s.trial_id, s.epoch, 0.5)
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        max_epochs: int,
+        method: str | Method = "dyhpo",
+        mode: str = "max",
+        seed: int = 0,
+        learning_curve: bool = True,
+        n_candidates: int = 512,
+        kernel: str = "matern",
+        lr: float = 1e-3,
+        initial_steps: int = 1000,
+        refine_steps: int = 50,
+        full_fit_until: int = 10,
+        max_train_rows: int = 1500,
+        encoder: nn.Module | None = None,
+        graph_fn: GraphFn | None = None,
+        model_factory: Callable[[dict[str, Any]], nn.Module] | None = None,
+        starting_weights_fn: Callable[[dict[str, Any]], Weights] | None = None,
+    ) -> None:
+        if not isinstance(space, SearchSpace):
+            raise ConfigurationError(f"space={space!r}; expected a SearchSpace.")
+        try:
+            self.method = Method(method)
+        except ValueError as err:
+            raise ConfigurationError(
+                f"method={method!r} is unknown; valid methods are {[m.value for m in Method]}."
+            ) from err
+        if mode not in ("max", "min"):
+            raise ConfigurationError(f"mode={mode!r}; expected 'max' or 'min'.")
+        if not isinstance(max_epochs, int) or max_epochs < 1 or n_candidates < 1:
+            raise ConfigurationError(
+                f"max_epochs={max_epochs!r}, n_candidates={n_candidates!r}; expected integers >= 1."
+            )
+        self.space, self.max_epochs, self.mode, self.seed = space, max_epochs, mode, int(seed)
+        self.n_candidates = n_candidates
+        self._rng = np.random.default_rng(self.seed)
+        self.featurizer: WeightFeaturizer | None = None
+        if self.method.uses_weights:
+            if graph_fn is None and model_factory is not None:
+                graph_fn = model_graph_fn(model_factory)
+            if graph_fn is None or starting_weights_fn is None:
+                raise ConfigurationError(
+                    f"method={self.method.value!r} reads checkpointed weights and needs graph_fn(config, "
+                    f"state_dict) (or model_factory(config)) and starting_weights_fn(config); pass them, "
+                    f"or use method='dyhpo'."
+                )
+            enc, out_dim = (encoder, None) if encoder is not None else _default_encoder(self.method, self.seed)
+            self.featurizer = WeightFeaturizer(enc, graph_fn, out_dim=out_dim)
+        self._start_fn = starting_weights_fn
+        self._start_keys: dict[str, str] = {}
+        self.layout = InputLayout(
+            space.encoded_size, max_epochs, self.featurizer.out_dim if self.featurizer else 0
+        )
+        self.surrogate_config = SurrogateConfig(
+            kernel=kernel,
+            lr=lr,
+            initial_steps=initial_steps,
+            refine_steps=refine_steps,
+            full_fit_until=full_fit_until,
+            max_train_rows=max_train_rows,
+            learning_curve=learning_curve and self.method is not Method.GP,
+            use_extractor=self.method is not Method.GP,
+        )
+        self.surrogate = Surrogate(self.layout, self.surrogate_config)
+        self.trials: dict[int, _Trial] = {}
+        self._fitted_at = 0  # number of observations at the last fit
+        self._pretrained = False
+        self._warned: set[str] = set()
+
+    # -- public API ------------------------------------------------------------------
+    @property
+    def n_observations(self) -> int:
+        return sum(len(t.curve) for t in self.trials.values())
+
+    def suggest(self) -> Suggestion:
+        """Pick the next (trial, epoch) by maximising EI_MF (eq. 5) over the candidates.
+
+        Candidates are every paused trial at its next epoch (latest snapshot) and
+        ``n_candidates`` new configs at epoch 1 (their hub weights). Running trials are
+        fantasised with the posterior mean. Never raises on surrogate failure: it warns once
+        and falls back to a random new config.
+
+        Returns:
+            A :class:`Suggestion`; the trial is "running" until observed at ``epoch`` or failed.
+        """
+        if self.method is Method.RANDOM:
+            return self._start(self.space.sample(1, rng=self._rng)[0], self.max_epochs)
+        if self.n_observations == 0:  # initial design (DyHPO): a random config at epoch 1
+            return self._start(self.space.sample(1, rng=self._rng)[0], 1)
+        new = self.space.sample(self.n_candidates, rng=self._rng)
+        try:
+            return self._suggest_model(new)
+        except SurrogateError as err:
+            self._warn_once("surrogate", f"The surrogate failed ({err}); suggesting a random config instead.")
+            return self._start(new[0], 1)
+
+    def observe(self, trial_id: int, epoch: int, value: float, weights: Weights | None = None) -> None:
+        """Record y_{i,epoch} and, for the fms methods, the snapshot W_{i,epoch}.
+
+        Args:
+            trial_id: A trial returned by :meth:`suggest`.
+            epoch: The epoch just completed; epochs are reported in order 1, 2, ...
+            value: The metric after that epoch. A non-finite value marks the trial failed.
+            weights: The snapshot after ``epoch`` (state_dict or file path); used as
+                W_{i,epoch} for the row of y_{i,epoch+1}, never for y_{i,epoch}.
+
+        Raises:
+            ConfigurationError: On an unknown, finished or failed trial, or an out-of-order epoch.
+        """
+        trial = self._get(trial_id)
+        if trial.status is not TrialStatus.RUNNING:
+            raise ConfigurationError(
+                f"observe(trial_id={trial_id}) but the trial is {trial.status.value}; only trials "
+                f"returned by suggest() and still running can be observed."
+            )
+        expected = len(trial.curve) + 1
+        if epoch != expected or epoch > trial.target:
+            raise ConfigurationError(
+                f"observe(trial_id={trial_id}, epoch={epoch}); expected epoch {expected} "
+                f"(epochs are reported in order, up to the suggested epoch {trial.target})."
+            )
+        try:
+            value = float(value)
+        except (TypeError, ValueError) as err:
+            raise ConfigurationError(
+                f"observe(trial_id={trial_id}) received value={value!r}; expected a number."
+            ) from err
+        if not math.isfinite(value):
+            self._warn_once("nonfinite", f"Trial {trial_id} reported value={value!r}; marking it failed.")
+            self.mark_failed(trial_id, f"non-finite value {value!r} at epoch {epoch}")
+            return
+        key = trial.keys[-1]
+        if self.featurizer is not None:
+            if weights is None:
+                self._warn_once(
+                    "noweights", f"method={self.method.value!r} expects weights in observe(); reusing the "
+                    f"previous snapshot for trials that report none."
+                )
+            else:
+                key = self.featurizer.add(trial.config, weights)
+        trial.curve.append(value if self.mode == "max" else -value)
+        trial.keys.append(key)
+        if epoch == trial.target:
+            trial.status = TrialStatus.COMPLETE if epoch >= self.max_epochs else TrialStatus.PAUSED
+
+    def mark_failed(self, trial_id: int, reason: str) -> None:
+        """Exclude a trial from further suggestions; its observed epochs stay as data.
+
+        A trial that fails while running also teaches the surrogate: the epoch it failed at
+        becomes a training row labelled with the worst value observed so far (it does not
+        count as an observation, nor for y_j^max), so that regions that fail are avoided.
+        """
+        trial = self._get(trial_id)
+        if trial.status is TrialStatus.RUNNING:
+            trial.failed_at = len(trial.curve) + 1
+        trial.status, trial.reason = TrialStatus.FAILED, str(reason)
+
+    def best(self) -> tuple[int, dict[str, Any], int, float] | None:
+        """``(trial_id, config, epoch, value)`` of the best observation so far, or None."""
+        best = None
+        for tid, t in self.trials.items():
+            for j, y in enumerate(t.curve, start=1):
+                if best is None or y > best[3]:
+                    best = (tid, t.config, j, y)
+        if best is None:
+            return None
+        return best[0], dict(best[1]), best[2], best[3] if self.mode == "max" else -best[3]
+
+    # -- internals -------------------------------------------------------------------
+    def _get(self, trial_id: int) -> _Trial:
+        if trial_id not in self.trials:
+            raise ConfigurationError(f"Unknown trial_id={trial_id!r}; use an id returned by suggest().")
+        return self.trials[trial_id]
+
+    def _warn_once(self, key: str, msg: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+    def _start_key(self, config: Mapping[str, Any]) -> str | None:
+        if self.featurizer is None or self._start_fn is None:
+            return None
+        hub = str(config[self.space.hub_name]) if self.space.hub_name else "__init__"
+        if hub not in self._start_keys:
+            self._start_keys[hub] = self.featurizer.add(config, self._start_fn(dict(config)))
+        return self._start_keys[hub]
+
+    def _start(self, config: dict[str, Any], epoch: int) -> Suggestion:
+        tid = len(self.trials)
+        self.trials[tid] = _Trial(dict(config), keys=[self._start_key(config)], target=epoch)
+        return Suggestion(tid, dict(config), epoch)
+
+    def _emb(self, key: str | None) -> torch.Tensor | None:
+        return None if self.featurizer is None else self.featurizer[key]  # type: ignore[index]
+
+    def _row(self, trial: _Trial, x: torch.Tensor, j: int) -> torch.Tensor:
+        return make_row(self.layout, x, j, trial.curve[: j - 1], self._emb(trial.keys[j - 1]))
+
+    def _training_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        trials = list(self.trials.values())
+        xs = self.space.encode([t.config for t in trials])
+        emb = None
+        if self.featurizer is not None:
+            self.featurizer.flush()
+            emb = self.featurizer.cache
+        rows, y = training_rows(self.layout, [(x, t.curve, t.keys) for x, t in zip(xs, trials)], emb)
+        failed = [(x, t) for x, t in zip(xs, trials) if t.failed_at is not None]
+        if failed and y.numel():  # failures, imputed with the worst observed value
+            pen = torch.stack([self._row(t, x, t.failed_at) for x, t in failed])  # type: ignore[arg-type]
+            rows, y = torch.cat([rows, pen]), torch.cat([y, y.min().expand(len(failed))])
+        cap = self.surrogate_config.max_train_rows
+        if rows.shape[0] > cap:  # keep each trial's latest row, then a seeded subset of the rest
+            ends = np.cumsum([len(t.curve) for t in trials])
+            latest = [int(e) - 1 for k, e in enumerate(ends) if len(trials[k].curve)]
+            rest = np.setdiff1d(np.arange(rows.shape[0]), latest)
+            pick = np.random.default_rng([self.seed, rows.shape[0]]).choice(
+                rest, size=max(cap - len(latest), 0), replace=False
+            )
+            idx = torch.as_tensor(np.sort(np.concatenate([latest, pick]))[:cap] if len(latest) < cap else latest[-cap:])
+            rows, y = rows[idx], y[idx]
+        return rows, y
+
+    def _fit(self) -> None:
+        n_obs = self.n_observations
+        version = n_obs + sum(t.failed_at is not None for t in self.trials.values())
+        population = None
+        if self.featurizer is not None:  # standardise ξ(W) over every known snapshot and hub checkpoint
+            self.featurizer.flush()
+            population = torch.stack([self.featurizer.cache[k] for k in sorted(self.featurizer.cache)])
+        rows, y = self._training_data()
+        cfg = self.surrogate_config
+        new_data = version != self._fitted_at or self.surrogate.model is None
+        scratch = new_data and n_obs <= cfg.full_fit_until and not self._pretrained
+        steps = 0 if not new_data else (cfg.initial_steps if scratch else cfg.refine_steps)
+        self.surrogate.fit(
+            rows, y, steps=steps, from_scratch=scratch, seed=self.seed * 100_003 + n_obs, weight_population=population
+        )
+        self._fitted_at = version
+
+    def _suggest_model(self, new: list[dict[str, Any]]) -> Suggestion:
+        new_keys = [self._start_key(c) for c in new]  # hub checkpoints W_{i,0}, loaded once per entry
+        self._fit()
+        paused = [(tid, t) for tid, t in self.trials.items() if t.status is TrialStatus.PAUSED]
+        running = [t for t in self.trials.values() if t.status is TrialStatus.RUNNING]
+        xs = self.space.encode([t.config for _, t in paused] + [t.config for t in running] + new)
+        rows = [self._row(t, xs[k], len(t.curve) + 1) for k, (_, t) in enumerate(paused)]
+        fantasy = [self._row(t, xs[len(paused) + k], t.target) for k, t in enumerate(running)]
+        off = len(paused) + len(running)
+        rows += [make_row(self.layout, xs[off + k], 1, [], self._emb(key)) for k, key in enumerate(new_keys)]
+        budgets = torch.tensor([len(t.curve) + 1 for _, t in paused] + [1] * len(new))
+        mean, std = self.surrogate.predict(
+            torch.stack(rows), fantasy_rows=torch.stack(fantasy) if fantasy else None
+        )
+        ob = torch.tensor([j for t in self.trials.values() for j in range(1, len(t.curve) + 1)])
+        ov = torch.tensor([y for t in self.trials.values() for y in t.curve], dtype=torch.float64)
+        acq = ExpectedImprovementMF(ob, ov)
+        ei = acq(mean, std, budgets)
+        if float(ei.max()) <= 0.0:  # EI underflowed everywhere: rank by the z-score instead
+            best = torch.tensor([float(ov.max())], dtype=torch.float64)
+            ei = (mean - best) / std.clamp_min(1e-12)
+        k = int(torch.argmax(ei))
+        if k < len(paused):
+            tid, trial = paused[k]
+            trial.status, trial.target = TrialStatus.RUNNING, len(trial.curve) + 1
+            return Suggestion(tid, dict(trial.config), trial.target)
+        return self._start(new[k - len(paused)], 1)
+
+    # -- state, transfer -------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the study: after a round trip the next suggestion is identical."""
+        return {
+            "version": 1,
+            "method": self.method.value,
+            "trials": {
+                tid: {"config": t.config, "curve": list(t.curve), "keys": list(t.keys),
+                      "status": t.status.value, "target": t.target, "reason": t.reason,
+                      "failed_at": t.failed_at}
+                for tid, t in self.trials.items()
+            },
+            "rng": self._rng.bit_generator.state,
+            "fitted_at": self._fitted_at,
+            "pretrained": self._pretrained,
+            "start_keys": dict(self._start_keys),
+            "surrogate": self.surrogate.state_dict(),
+            "featurizer": None if self.featurizer is None else self.featurizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output.
+
+        Raises:
+            ConfigurationError: If the state was written by a different method.
+        """
+        if state.get("method", self.method.value) != self.method.value:
+            raise ConfigurationError(
+                f"State was saved with method={state.get('method')!r}; this optimizer uses "
+                f"{self.method.value!r}. Construct the optimizer with the same method."
+            )
+        self.trials = {
+            int(tid): _Trial(dict(t["config"]), list(t["curve"]), list(t["keys"]), TrialStatus(t["status"]),
+                             int(t["target"]), t.get("reason"), t.get("failed_at"))
+            for tid, t in state.get("trials", {}).items()
+        }
+        self._rng = np.random.default_rng()
+        self._rng.bit_generator.state = state["rng"]
+        self._fitted_at = int(state.get("fitted_at", 0))
+        self._pretrained = bool(state.get("pretrained", False))
+        self._start_keys = dict(state.get("start_keys", {}))
+        self.surrogate.load_state_dict(state.get("surrogate", {}))
+        if self.featurizer is not None and state.get("featurizer") is not None:
+            self.featurizer.load_state_dict(state["featurizer"])
+
+    def pretrain(self, trials: Iterable[Mapping[str, Any]], *, steps: int | None = None) -> None:
+        """Learn the surrogate from earlier studies (transfer, paper Fig. 3).
+
+        Args:
+            trials: Each ``{"config": ..., "curve": [y_1, ..., y_J], "weights": [W_0, ..., W_J]}``
+                (values in this optimizer's ``mode``; ``weights`` needed by the fms methods).
+            steps: Adam steps from scratch (default ``initial_steps``). Afterwards every fit
+                warm-starts from the pretrained parameters.
+
+        Raises:
+            ConfigurationError: If a trial is malformed.
+        """
+        data = []
+        for k, t in enumerate(trials):
+            curve = [float(v) if self.mode == "max" else -float(v) for v in t.get("curve", [])]
+            keys: list[str | None] = [None] * (len(curve) + 1)
+            if self.featurizer is not None:
+                ws = t.get("weights")
+                if ws is None or len(ws) != len(curve) + 1:
+                    raise ConfigurationError(
+                        f"pretrain: trial {k} has {0 if ws is None else len(ws)} weights for "
+                        f"{len(curve)} epochs; expected W_0..W_J ({len(curve) + 1} snapshots)."
+                    )
+                keys = [self.featurizer.add(t["config"], w) for w in ws]
+            data.append((self.space.encode([t["config"]])[0], curve, keys))
+        if self.featurizer is not None:
+            self.featurizer.flush()
+        rows, y = training_rows(self.layout, data, self.featurizer.cache if self.featurizer else None)
+        steps = self.surrogate_config.initial_steps if steps is None else steps
+        self.surrogate.fit(rows, y, steps=steps, from_scratch=True, seed=self.seed)
+        self._pretrained = True
+        self._fitted_at = -1  # force a (warm) refit on the study's own data
+
+    def save_surrogate(self, path: str | Path) -> None:
+        """Save the surrogate's parameters (and the weight encoder) to ``path``."""
+        enc = None
+        if self.featurizer is not None and self.featurizer.encoder is not None:
+            enc = self.featurizer.encoder.state_dict()
+        torch.save({"method": self.method.value, "surrogate": self.surrogate.state_dict(), "encoder": enc}, path)
+
+    def load_surrogate(self, path: str | Path) -> None:
+        """Load parameters saved by :meth:`save_surrogate` (safe loading); later fits warm-start."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("method") != self.method.value:
+            raise ConfigurationError(
+                f"{str(path)!r} holds a {state.get('method')!r} surrogate; this optimizer uses "
+                f"{self.method.value!r}."
+            )
+        if self.featurizer is not None and state.get("encoder") is not None:
+            if self.trials:
+                raise ConfigurationError(
+                    "load_surrogate() would change the weight encoder after trials were observed; "
+                    "load the surrogate before the first suggest()."
+                )
+            if self.featurizer.encoder is None:  # a lazily built encoder (FLAT): build it first
+                raise ConfigurationError(
+                    "load_surrogate() cannot restore a FLAT encoder before it has seen a graph; pass "
+                    "encoder=FlatEncoder(reference_graph, ...) to the optimizer."
+                )
+            self.featurizer.encoder.load_state_dict(state["encoder"])
+            self.featurizer.cache.clear()  # embeddings belong to the old encoder version
+            self._start_keys.clear()
+        self.surrogate.load_state_dict(state["surrogate"])
+        self._pretrained, self._fitted_at = True, -1

@@ -1,0 +1,158 @@
+"""Surrogate rows: one observation becomes one row, with no leak (DESIGN.md).
+
+Glossary (FMS paper notation):
+    x           a config encoded into the unit cube, `(n_hp,)`.
+    j           the budget in epochs; the label of a row is y_{i,j}, the metric after epoch j.
+    Y_{i,j-1}   the learning curve y_{i,1}, ..., y_{i,j-1}: everything observed *before* epoch j.
+    W_{i,j-1}   the weights after epoch j-1; W_{i,0} are the starting weights (hub checkpoint
+                or initialisation). Rows carry the *embedding* of W, looked up by content key.
+
+Row layout (:class:`InputLayout`), all float64, concatenated column-wise::
+
+    [ x (n_hp) | j / max_epochs (1) | curve (C) | curve mask (C) | weight features (n_w) ]
+
+with ``C = max_epochs - 1``. The curve is **left-aligned and zero-padded on the right**:
+position k holds y_{i,k+1} for k < j-1 and 0 afterwards; the mask holds 1 where a value
+was observed and 0 at padding, so a padded 0 is never mistaken for an observed 0. The
+curve is stored in the optimizer's internal units (larger is better); the surrogate
+normalises it with the label normaliser.
+
+Nothing here reads epoch j or later when building the row for y_{i,j}:
+:func:`make_row` only receives ``curve[: j - 1]`` and ``W_{i,j-1}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fms_lightning.errors import ConfigurationError
+
+__all__ = ["InputLayout", "make_row", "training_rows"]
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """Column layout of surrogate inputs.
+
+    Args:
+        n_hp: Width of the encoded config x.
+        max_epochs: The maximum budget; the curve context has ``max_epochs - 1`` slots.
+        n_weight: Width of the weight features (0 when weights are not used).
+
+    Raises:
+        ConfigurationError: If a size is negative or ``max_epochs < 1``.
+    """
+
+    n_hp: int
+    max_epochs: int
+    n_weight: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_hp < 1 or self.max_epochs < 1 or self.n_weight < 0:
+            raise ConfigurationError(
+                f"InputLayout received n_hp={self.n_hp}, max_epochs={self.max_epochs}, "
+                f"n_weight={self.n_weight}; expected n_hp >= 1, max_epochs >= 1, n_weight >= 0."
+            )
+
+    @property
+    def curve_len(self) -> int:
+        return self.max_epochs - 1
+
+    @property
+    def width(self) -> int:
+        return self.n_hp + 1 + 2 * self.curve_len + self.n_weight
+
+    @property
+    def budget_col(self) -> int:
+        return self.n_hp
+
+    @property
+    def curve_slice(self) -> slice:
+        return slice(self.n_hp + 1, self.n_hp + 1 + self.curve_len)
+
+    @property
+    def mask_slice(self) -> slice:
+        s = self.curve_slice.stop
+        return slice(s, s + self.curve_len)
+
+    @property
+    def weight_slice(self) -> slice:
+        s = self.mask_slice.stop
+        return slice(s, s + self.n_weight)
+
+
+def make_row(
+    layout: InputLayout,
+    x: torch.Tensor,
+    j: int,
+    context: Sequence[float],
+    weight_features: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Build the input row for the label y_{i,j} (eq. 7's ψ inputs).
+
+    Args:
+        layout: The column layout.
+        x: Encoded config, `(n_hp,)`.
+        j: Budget in epochs, ``1 <= j <= max_epochs``.
+        context: Y_{i,1..j-1}; must have exactly ``j - 1`` entries.
+        weight_features: Embedding of W_{i,j-1}, `(n_weight,)`, or None if unused.
+
+    Returns:
+        A float64 row of shape `(layout.width,)`.
+
+    Raises:
+        ConfigurationError: If ``j`` is out of range or ``context`` is not ``j - 1`` long.
+    """
+    if not 1 <= j <= layout.max_epochs:
+        raise ConfigurationError(f"make_row: budget j={j} outside [1, {layout.max_epochs}].")
+    if len(context) != j - 1:
+        raise ConfigurationError(
+            f"make_row: received {len(context)} curve values for budget j={j}; expected j-1={j - 1} "
+            f"(only epochs before j may be used)."
+        )
+    row = torch.zeros(layout.width, dtype=torch.float64)
+    row[: layout.n_hp] = x
+    row[layout.budget_col] = j / layout.max_epochs
+    if j > 1:
+        c0 = layout.curve_slice.start
+        m0 = layout.mask_slice.start
+        row[c0 : c0 + j - 1] = torch.as_tensor(list(context), dtype=torch.float64)
+        row[m0 : m0 + j - 1] = 1.0
+    if layout.n_weight:
+        if weight_features is None:
+            raise ConfigurationError("make_row: the layout uses weight features but none were given.")
+        row[layout.weight_slice] = weight_features.to(torch.float64)
+    return row
+
+
+def training_rows(
+    layout: InputLayout,
+    trials: Sequence[tuple[torch.Tensor, Sequence[float], Sequence[str | None]]],
+    embeddings: Mapping[str, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row per observed (i, j).
+
+    Args:
+        layout: The column layout.
+        trials: For each trial, ``(x_i, curve_i, weight_keys_i)`` where ``curve_i[j-1]`` is
+            y_{i,j} and ``weight_keys_i[e]`` is the content key of W_{i,e} (``e = 0`` is the
+            starting weights). Only ``weight_keys_i[j-1]`` is read for the row of y_{i,j}.
+        embeddings: ``{key: (n_weight,) tensor}``; required when ``layout.n_weight > 0``.
+
+    Returns:
+        ``(inputs, targets)`` of shapes `(n, layout.width)` and `(n,)`.
+    """
+    rows, ys = [], []
+    for x, curve, keys in trials:
+        for j in range(1, len(curve) + 1):
+            w = None
+            if layout.n_weight:
+                w = embeddings[keys[j - 1]]  # type: ignore[index]
+            rows.append(make_row(layout, x, j, curve[: j - 1], w))
+            ys.append(float(curve[j - 1]))
+    if not rows:
+        return torch.zeros(0, layout.width, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+    return torch.stack(rows), torch.tensor(ys, dtype=torch.float64)

@@ -1,0 +1,344 @@
+"""The deep-kernel GP surrogate (eqs. 2, 3 and 7) and its training schedule.
+
+Glossary:
+    ψ           the feature extractor (``features.FeatureExtractor``), or the identity
+                for the plain ``"gp"`` method.
+    k           ``ScaleKernel(RBF | Matérn-5/2)`` on ψ(row); eq. 2 / eq. 7.
+    L           the negative log marginal likelihood, eq. 3, minimised with Adam.
+    y           labels, standardised to zero mean / unit variance before fitting; the curve
+                columns Y_{i,j-1} are standardised with the same statistics.
+    ξ(W)        weight-feature columns, standardised per column with training-row statistics
+                (encoder outputs have arbitrary scale).
+
+Numerical trouble: a failed Cholesky (or a non-finite loss) is retried with more
+jitter, then from freshly initialised parameters; if all attempts fail,
+:class:`~fms_lightning.errors.SurrogateError` is raised for the caller to handle.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+
+import gpytorch
+import torch
+from torch import nn
+
+from fms_lightning.errors import ConfigurationError, SurrogateError
+from fms_lightning.surrogate.dataset import InputLayout
+from fms_lightning.surrogate.features import FeatureExtractor
+
+__all__ = ["Kernel", "SurrogateConfig", "DeepKernelGP", "Surrogate"]
+
+log = logging.getLogger(__name__)
+
+_JITTERS = (None, 1e-4, 1e-3)
+
+
+class Kernel(str, Enum):
+    RBF = "rbf"
+    MATERN = "matern"
+
+
+@dataclass(frozen=True)
+class SurrogateConfig:
+    """Settings of the surrogate (paper A.3/A.6 defaults).
+
+    Args:
+        kernel: Base kernel inside ``ScaleKernel``.
+        lr: Adam learning rate.
+        initial_steps: Steps from scratch while the study has ``<= full_fit_until`` evaluations.
+        refine_steps: Warm-started steps per refit afterwards.
+        full_fit_until: Number of evaluations up to which every fit is from scratch.
+        max_train_rows: Past this many rows, the exact GP is fit on a seeded subset that
+            keeps every trial's latest row (Cholesky is cubic in rows).
+        learning_curve: Use the curve CNN.
+        use_extractor: False gives the plain GP on ``[x, j]``.
+
+    Raises:
+        ConfigurationError: On a non-positive value or unknown kernel.
+    """
+
+    kernel: Kernel = Kernel.MATERN
+    lr: float = 1e-3
+    initial_steps: int = 1000
+    refine_steps: int = 50
+    full_fit_until: int = 10
+    max_train_rows: int = 1500
+    learning_curve: bool = True
+    use_extractor: bool = True
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "kernel", Kernel(self.kernel))
+        except ValueError as err:
+            raise ConfigurationError(
+                f"SurrogateConfig: kernel={self.kernel!r}; expected one of {[k.value for k in Kernel]}."
+            ) from err
+        if self.lr <= 0 or self.initial_steps < 0 or self.refine_steps < 0 or self.max_train_rows < 2:
+            raise ConfigurationError(
+                f"SurrogateConfig received lr={self.lr}, initial_steps={self.initial_steps}, "
+                f"refine_steps={self.refine_steps}, max_train_rows={self.max_train_rows}; expected "
+                f"lr > 0, steps >= 0, max_train_rows >= 2."
+            )
+
+
+class DeepKernelGP(gpytorch.models.ExactGP):
+    """``ExactGP`` whose kernel acts on ψ(row) (eq. 7).
+
+    Args:
+        train_x: Rows `(n, width)`.
+        train_y: Standardised labels `(n,)`.
+        likelihood: A ``GaussianLikelihood``.
+        extractor: ψ, or None for a plain ARD kernel on the raw rows.
+        kernel: The base kernel.
+    """
+
+    def __init__(
+        self,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        likelihood: gpytorch.likelihoods.GaussianLikelihood,
+        extractor: nn.Module | None,
+        kernel: Kernel,
+        n_dims: int,
+    ) -> None:
+        super().__init__(train_x, train_y, likelihood)
+        self.extractor = extractor
+        if kernel is Kernel.RBF:
+            base = gpytorch.kernels.RBFKernel(ard_num_dims=n_dims)
+        else:
+            base = gpytorch.kernels.MaternKernel(nu=2.5, ard_num_dims=n_dims)
+        self.covar_module = gpytorch.kernels.ScaleKernel(base)
+        self.mean_module = gpytorch.means.ConstantMean()
+
+    def forward(self, rows: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
+        z = self.extractor(rows) if self.extractor is not None else rows
+        return gpytorch.distributions.MultivariateNormal(self.mean_module(z), self.covar_module(z))
+
+
+def weight_scaler(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column mean and scale of weight features `(m, n_weight)`.
+
+    The scale is floored at a tenth of the overall spread, so a column that is (nearly)
+    constant on the population does not blow up elsewhere; a constant population gives 1.
+    """
+    w = w.to(torch.float64)
+    mean = w.mean(0)
+    overall = float((w - mean).std()) if w.numel() > 1 else 0.0
+    floor = 0.1 * overall if overall > 1e-12 else 1.0
+    col = w.std(0).nan_to_num(0.0) if w.shape[0] > 1 else torch.zeros_like(mean)
+    return mean, col.clamp_min(floor)
+
+
+class _Retry(Exception):
+    pass
+
+
+class Surrogate:
+    """Fits the deep-kernel GP to rows and predicts the latent f at new rows.
+
+    Args:
+        layout: Input layout.
+        config: Surrogate settings.
+    """
+
+    def __init__(self, layout: InputLayout, config: SurrogateConfig | None = None) -> None:
+        self.layout = layout
+        self.config = config or SurrogateConfig()
+        self.model: DeepKernelGP | None = None
+        self._y_mean = 0.0
+        self._y_std = 1.0
+        self._w_mean: torch.Tensor | None = None
+        self._w_std: torch.Tensor | None = None
+        self._train: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- construction ----------------------------------------------------------------
+    def _columns(self) -> list[int]:
+        lay = self.layout
+        return list(range(lay.n_hp + 1))  # plain GP: x and budget
+
+    def _build(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> DeepKernelGP:
+        cfg = self.config
+        with torch.random.fork_rng(devices=[]):  # no global side effect
+            torch.manual_seed(seed)
+            extractor = None
+            n_dims = len(self._columns())
+            if cfg.use_extractor:
+                extractor = FeatureExtractor(self.layout, learning_curve=cfg.learning_curve)
+                n_dims = extractor.out_features
+            lik = gpytorch.likelihoods.GaussianLikelihood()
+            model = DeepKernelGP(x, y, lik, extractor, cfg.kernel, n_dims)
+        return model.double()
+
+    def _prep(self, rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.to(torch.float64).clone()
+        lay = self.layout
+        if lay.curve_len:
+            mask = rows[:, lay.mask_slice]
+            rows[:, lay.curve_slice] = (rows[:, lay.curve_slice] - self._y_mean) / self._y_std * mask
+        if lay.n_weight and self._w_mean is not None:
+            rows[:, lay.weight_slice] = (rows[:, lay.weight_slice] - self._w_mean) / self._w_std
+        if not self.config.use_extractor:
+            rows = rows[:, self._columns()]
+        return rows
+
+    # -- fitting ---------------------------------------------------------------------
+    def fit(
+        self,
+        rows: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        steps: int,
+        from_scratch: bool,
+        seed: int,
+        weight_population: torch.Tensor | None = None,
+    ) -> int:
+        """Set the training data and run ``steps`` Adam steps on eq. 3.
+
+        Args:
+            rows: Training rows `(n, width)`.
+            targets: Labels `(n,)` (internal units, larger is better).
+            steps: Number of full-batch Adam steps (0 only conditions on the data).
+            from_scratch: Reinitialise ψ and kernel parameters first (seeded by ``seed``).
+            seed: Seed for (re)initialisation.
+            weight_population: Weight features `(m, n_weight)` that fix their standardisation
+                (e.g. every known snapshot and hub checkpoint); default: the training rows.
+
+        Returns:
+            The number of attempts needed (1 when no numerical trouble occurred).
+
+        Raises:
+            SurrogateError: If every retry failed.
+        """
+        if rows.shape[0] == 0:
+            raise SurrogateError("Surrogate.fit received no rows; observe at least one value first.")
+        y = targets.to(torch.float64)
+        self._y_mean = float(y.mean())
+        self._y_std = float(y.std()) if y.numel() > 1 and float(y.std()) > 1e-12 else 1.0
+        if self.layout.n_weight:
+            self._w_mean, self._w_std = weight_scaler(
+                rows[:, self.layout.weight_slice] if weight_population is None else weight_population
+            )
+        x = self._prep(rows)
+        yn = (y - self._y_mean) / self._y_std
+        self._train = (x, yn)
+        state = None if (from_scratch or self.model is None) else self.model.state_dict()
+        for attempt, jitter in enumerate(_JITTERS):
+            if state is None or attempt == len(_JITTERS) - 1:
+                self.model = self._build(x, yn, seed + attempt)
+            else:
+                self.model.load_state_dict(state)
+                self.model.set_train_data(x, yn, strict=False)
+            try:
+                self._optimise(x, yn, steps, jitter)
+                return attempt + 1
+            except _Retry as err:
+                log.debug("surrogate fit attempt %d failed: %s", attempt + 1, err)
+        self.model = None
+        raise SurrogateError(
+            f"The GP could not be fit to {x.shape[0]} rows after {len(_JITTERS)} attempts (jitter "
+            f"and a fresh restart). Check for duplicated or non-finite observations."
+        )
+
+    def _optimise(self, x: torch.Tensor, y: torch.Tensor, steps: int, jitter: float | None) -> None:
+        model = self.model
+        if model is None:  # pragma: no cover - fit() always builds one first
+            raise SurrogateError("Surrogate._optimise called without a model.")
+        if steps == 0:
+            return
+        model.train()
+        mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
+        opt = torch.optim.Adam(model.parameters(), lr=self.config.lr)
+        with _settings(jitter):
+            for _ in range(steps):
+                opt.zero_grad()
+                try:
+                    loss = -mll(model(x), y)
+                    if not torch.isfinite(loss):
+                        raise _Retry("non-finite loss")
+                    loss.backward()
+                except (RuntimeError, ValueError) as err:  # NotPSDMatrixError is a RuntimeError
+                    raise _Retry(str(err)) from err
+                opt.step()
+        model.eval()
+
+    # -- prediction ------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(
+        self, rows: torch.Tensor, *, fantasy_rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and std of the latent f, in label units.
+
+        Pending evaluations are fantasised with the posterior mean (kriging believer):
+        ``fantasy_rows`` are added to the conditioning set with their own predicted mean.
+
+        Args:
+            rows: Candidate rows `(m, width)`.
+            fantasy_rows: Rows `(p, width)` of running evaluations, or None.
+
+        Returns:
+            ``(mean, std)``, each `(m,)`.
+
+        Raises:
+            SurrogateError: If the model is not fit or the posterior cannot be computed.
+        """
+        if self.model is None or self._train is None:
+            raise SurrogateError("Surrogate.predict called before fit(); call fit() first.")
+        model = self.model
+        model.eval()
+        x_tr, y_tr = self._train
+        cand = self._prep(rows)
+        for jitter in _JITTERS:
+            try:
+                with _settings(jitter):
+                    if fantasy_rows is not None and fantasy_rows.shape[0]:
+                        fx = self._prep(fantasy_rows)
+                        model.set_train_data(x_tr, y_tr, strict=False)
+                        fy = model(fx).mean
+                        model.set_train_data(torch.cat([x_tr, fx]), torch.cat([y_tr, fy]), strict=False)
+                    else:
+                        model.set_train_data(x_tr, y_tr, strict=False)
+                    post = model(cand)
+                    mean, var = post.mean, post.variance.clamp_min(1e-12)
+                model.set_train_data(x_tr, y_tr, strict=False)
+                if torch.isfinite(mean).all() and torch.isfinite(var).all():
+                    return mean * self._y_std + self._y_mean, var.sqrt() * self._y_std
+            except (RuntimeError, ValueError) as err:
+                log.debug("surrogate prediction failed: %s", err)
+                model.set_train_data(x_tr, y_tr, strict=False)
+        raise SurrogateError("The GP posterior could not be computed even with added jitter.")
+
+    # -- state -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Parameters of ψ, the kernel and the likelihood (None before the first fit)."""
+        return {"model": None if self.model is None else {k: v.clone() for k, v in self.model.state_dict().items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore parameters saved by :meth:`state_dict` (data are set again at the next fit)."""
+        params = state.get("model")
+        if params is None:
+            self.model = None
+            return
+        dummy_x = torch.zeros(2, self.layout.width, dtype=torch.float64)
+        self.model = self._build(self._prep(dummy_x), torch.zeros(2, dtype=torch.float64), 0)
+        self.model.load_state_dict(params)
+
+
+class _settings:
+    """Exact Cholesky solves (no CG) with an optional extra jitter."""
+
+    def __init__(self, jitter: float | None) -> None:
+        ctx = [gpytorch.settings.max_cholesky_size(100_000), gpytorch.settings.fast_computations(False, False, False)]
+        if jitter is not None:
+            ctx.append(gpytorch.settings.cholesky_jitter(float_value=jitter, double_value=jitter))
+        self._ctx = ctx
+
+    def __enter__(self) -> None:
+        for c in self._ctx:
+            c.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        for c in reversed(self._ctx):
+            c.__exit__(*exc)

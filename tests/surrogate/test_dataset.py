@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fms_lightning.errors import ConfigurationError
+from fms_lightning.surrogate.dataset import InputLayout, make_row, training_rows
+
+
+def _layout(n_weight: int = 1) -> InputLayout:
+    return InputLayout(n_hp=2, max_epochs=5, n_weight=n_weight)
+
+
+def test_layout_slices_cover_the_row():
+    lay = _layout(3)
+    assert lay.width == 2 + 1 + 4 + 4 + 3
+    assert lay.weight_slice.stop == lay.width
+
+
+def test_row_padding_is_left_aligned_with_mask():
+    lay = _layout(0)
+    row = make_row(lay, torch.tensor([0.1, 0.2]), 3, [0.5, 0.0])
+    assert row[lay.budget_col].item() == pytest.approx(3 / 5)
+    assert row[lay.curve_slice].tolist() == [0.5, 0.0, 0.0, 0.0]
+    assert row[lay.mask_slice].tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_make_row_refuses_context_that_reaches_epoch_j():
+    with pytest.raises(ConfigurationError, match="expected j-1=1"):
+        make_row(_layout(0), torch.zeros(2), 2, [0.1, 0.2])
+    with pytest.raises(ConfigurationError, match="outside"):
+        make_row(_layout(0), torch.zeros(2), 6, [0.0] * 5)
+
+
+def test_row_for_label_j_uses_curve_before_j_and_weights_after_j_minus_1():
+    lay = _layout(1)
+    curve = [0.1, 0.2, 0.3, 0.4]
+    keys = ["w0", "w1", "w2", "w3", "w4"]
+    emb = {k: torch.tensor([float(i)]) for i, k in enumerate(keys)}
+    rows, y = training_rows(lay, [(torch.zeros(2), curve, keys)], emb)
+    assert y.tolist() == curve
+    for j in range(1, 5):
+        r = rows[j - 1]
+        assert r[lay.weight_slice].item() == j - 1  # W_{i,j-1}
+        assert r[lay.mask_slice].sum().item() == j - 1
+        assert r[lay.curve_slice][: j - 1].tolist() == curve[: j - 1]
+
+
+@pytest.mark.parametrize("j", [1, 2, 3, 4])
+def test_no_leak_changing_epoch_j_and_later_leaves_rows_up_to_j_unchanged(j):
+    """Perturb every label and snapshot from epoch j on; the inputs of rows 1..j must not move."""
+    lay = _layout(1)
+    curve = [0.1, 0.2, 0.3, 0.4]
+    keys = ["w0", "w1", "w2", "w3", "w4"]
+    emb = {k: torch.tensor([float(i)]) for i, k in enumerate(keys)}
+    base, _ = training_rows(lay, [(torch.zeros(2), curve, keys)], emb)
+    curve2 = curve[: j - 1] + [c + 100.0 for c in curve[j - 1 :]]
+    keys2 = keys[:j] + [k + "'" for k in keys[j:]]
+    emb2 = {**emb, **{k + "'": torch.tensor([1e6]) for k in keys[j:]}}
+    pert, y2 = training_rows(lay, [(torch.zeros(2), curve2, keys2)], emb2)
+    assert torch.equal(base[:j], pert[:j])
+    assert y2[j - 1] != curve[j - 1]  # the label itself did change

@@ -1,0 +1,59 @@
+"""`fms-lightning tune` and `status`: recipes are validated, run, and summarised."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from fms_lightning.cli import main
+from fms_lightning.errors import ConfigurationError
+from fms_lightning.recipe_tune import validate_recipe
+from fms_lightning.recipes import load_recipe
+from tests import tiny_task
+
+
+def test_shipped_recipe_is_valid_and_uses_fms_gmn() -> None:
+    cfg = validate_recipe(load_recipe("digits_hub"))
+    assert cfg.method == "fms-gmn" and cfg.search_space.model["values"] == "all"
+    assert set(cfg.search_space) == {"model", "dropout", "batch_size", "lr", "momentum", "weight_decay"}
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("budget_epoch=3", r"'budget_epoch'.*accepted keys are .*budget_epochs"),
+        ("budget_epochs=lots", r"'budget_epochs'.*expected a value of type int"),
+        ("progress=maybe", r"'progress'.*type bool"),
+    ],
+)
+def test_bad_recipes_name_the_key(override: str, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        validate_recipe(load_recipe("digits_hub", [override]))
+
+
+def test_tune_and_status_on_a_user_module(tmp_path, capsys) -> None:
+    tiny_task.make_hub(tmp_path / "hub")
+    manifest = {"entries": [
+        {"name": f"mlp{w}", "factory": "tests.tiny_task:make_mlp", "kwargs": {"width": w}, "weights": f"mlp{w}.safetensors"}
+        for w in (8, 16)
+    ]}
+    (tmp_path / "hub" / "hub.yaml").write_text(yaml.safe_dump(manifest))
+    recipe = {
+        "study_dir": str(tmp_path / "study"), "method": "dyhpo", "budget_epochs": 4, "max_epochs_per_trial": 2,
+        "hub": str(tmp_path / "hub"), "module": "tests.tiny_task:build", "datamodule": "tests.tiny_task:datamodule",
+        "search_space": {"model": {"type": "hub", "values": "all"}, "lr": {"type": "log_uniform", "low": 1e-3, "high": 0.3}},
+        "optimizer": tiny_task.FAST_OPT, "progress": False,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["tune", str(path), "seed=1"]) == 0
+    out = capsys.readouterr().out
+    assert "Leaderboard" in out and "Best: val_acc=" in out and "hub model 'mlp" in out
+    assert main(["status", str(tmp_path / "study")]) == 0
+    status = capsys.readouterr().out
+    assert "budget used 4 epochs" in status and "method dyhpo" in status and "best:" in status
+
+
+def test_status_of_a_missing_study_is_a_clear_error(tmp_path, capsys) -> None:
+    assert main(["status", str(tmp_path / "nope")]) == 2
+    assert "No study" in capsys.readouterr().err

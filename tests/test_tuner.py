@@ -1,0 +1,175 @@
+"""FMSTuner end to end on a tiny task: budget, resume, crash recovery, failures, bad input."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fms_lightning.errors import ConfigurationError, MissingMetricError, TrialFailedError
+from fms_lightning.space import Choice
+from fms_lightning.study import Study, TrialStatus
+from fms_lightning.tuner import FMSTuner
+from tests import tiny_task
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tuner(tmp_path, method="dyhpo", budget=6, study="study", space=None, **kw):
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    return FMSTuner(tiny_task.build, tiny_task.datamodule, space or tiny_task.space(hub), hub, monitor="val_acc",
+                    mode="max", budget_epochs=budget, max_epochs_per_trial=3, method=method,
+                    study_dir=tmp_path / study, seed=0, optimizer_kwargs=tiny_task.FAST_OPT, progress=False, **kw)
+
+
+def _check_study(study_dir: Path, budget: int) -> None:
+    with Study(study_dir, readonly=True) as study:
+        total = 0
+        for t in study.trials():
+            epochs = [o.epoch for o in study.observations(t.trial_id)]
+            assert epochs == list(range(1, len(epochs) + 1)), (t.trial_id, epochs)
+            for o in study.observations(t.trial_id):
+                assert (study.path / o.snapshot).is_file()
+            if epochs:
+                assert study.start_weights_path(t.trial_id) is not None
+            total += len(epochs)
+        assert total == budget
+
+
+def test_fit_spends_the_budget_and_reports_the_best(tmp_path) -> None:
+    result = _tuner(tmp_path, budget=7).fit()
+    _check_study(tmp_path / "study", 7)
+    assert result.budget_used == 7
+    with Study(tmp_path / "study", readonly=True) as study:
+        best = study.best("max")
+    assert result.best_value == best.value and result.best_epoch == best.epoch
+    assert result.best_hub_entry in ("mlp8", "mlp16") and result.best_config["model"] == result.best_hub_entry
+    assert result.leaderboard[0].best_value == result.best_value
+    assert Path(result.plot).stat().st_size > 10_000
+    out = result.export_best(tmp_path / "export")
+    from fms_lightning.study import load_weights_file
+
+    weights = load_weights_file(out / "weights.safetensors")
+    assert any(k.startswith("model.") for k in weights) and (out / "config.yaml").is_file()
+    assert "mlp" in result.format_leaderboard()
+
+
+def test_hub_weights_are_the_starting_weights(tmp_path) -> None:
+    _tuner(tmp_path, budget=2).fit()
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    with Study(tmp_path / "study", readonly=True) as study:
+        for t in study.trials():
+            w0 = study.load_snapshot(study.start_weights_path(t.trial_id))
+            ref = hub[t.hub_entry].state_dict()
+            assert all(torch.equal(w0[f"model.{k}"], v) for k, v in ref.items())
+
+
+def test_fit_again_continues_without_repeating(tmp_path) -> None:
+    _tuner(tmp_path, budget=4).fit()
+    result = _tuner(tmp_path, budget=7).fit()
+    _check_study(tmp_path / "study", 7)
+    assert result.budget_used == 7
+    result = _tuner(tmp_path, budget=7).fit()  # nothing left to do
+    _check_study(tmp_path / "study", 7)
+
+
+def test_resume_in_segments_equals_straight_training(tmp_path) -> None:
+    """1+1+1 epochs through the tuner's resume path == 3 epochs in one go, same seed."""
+    config = {"model": "mlp16", "lr": 0.05, "batch_size": 16}
+    finals = []
+    for name, targets in (("pieces", (1, 2, 3)), ("straight", (3,))):
+        tuner = _tuner(tmp_path, study=name)
+        with Study(tmp_path / name) as study:
+            sid = study.add_trial(config, "mlp16", opt_trial_id=0)
+            for target in targets:
+                tuner._train_segment(study, sid, config, target)
+            finals.append(study.load_snapshot(study.observations(sid)[-1].snapshot))
+            assert [o.epoch for o in study.observations(sid)] == [1, 2, 3]
+    for k in finals[0]:
+        torch.testing.assert_close(finals[0][k], finals[1][k], rtol=1e-6, atol=1e-7, msg=k)
+
+
+KILLABLE = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {repo!r})
+    from tests import tiny_task
+    from fms_lightning.tuner import FMSTuner
+    hub = tiny_task.make_hub(__import__("pathlib").Path({hub!r}))
+    FMSTuner(tiny_task.build, tiny_task.datamodule, tiny_task.space(hub), hub, monitor="val_acc", mode="max",
+             budget_epochs={budget}, max_epochs_per_trial=3, method="dyhpo", study_dir={study!r}, seed=0,
+             optimizer_kwargs=tiny_task.FAST_OPT, progress=False).fit()
+    print("finished", flush=True)
+    """
+)
+
+
+def test_sigkill_and_rerun_loses_nothing(tmp_path) -> None:
+    budget = 8
+    code = KILLABLE.format(repo=str(REPO), hub=str(tmp_path / "hub"), budget=budget, study=str(tmp_path / "study"))
+    tiny_task.make_hub(tmp_path / "hub")
+    rng = random.Random(0)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        # Wait until the study exists, then kill at a random moment of the tuning.
+        deadline = time.time() + 120
+        while not (tmp_path / "study" / "study.sqlite").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.2, 3.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert "finished" in done.stdout, done.stderr[-2000:]
+    _check_study(tmp_path / "study", budget)
+
+
+def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path) -> None:
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    space = tiny_task.space(hub, fail=Choice(values=("raise", "nan", "none")))
+    result = _tuner(tmp_path, budget=6, space=space, max_consecutive_failures=50).fit()
+    with Study(tmp_path / "study", readonly=True) as study:
+        failed = study.trials(TrialStatus.FAILED)
+        assert failed, "some trials should have failed"
+        reasons = {t.reason for t in failed}
+        assert all(t.config["fail"] in ("raise", "nan") for t in failed)
+        assert any("planned failure" in r for r in reasons) or any("non-finite" in r for r in reasons)
+    assert result.best_config["fail"] == "none"
+
+
+def test_every_trial_failing_raises_with_the_reasons(tmp_path) -> None:
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    space = tiny_task.space(hub, fail=Choice(values=("raise",)))
+    with pytest.raises(TrialFailedError, match="planned failure"):
+        _tuner(tmp_path, space=space, max_consecutive_failures=3).fit()
+
+
+def test_bad_inputs_get_clear_errors(tmp_path) -> None:
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    common = dict(monitor="val_acc", budget_epochs=3, max_epochs_per_trial=2, study_dir=tmp_path / "s")
+    with pytest.raises(ConfigurationError, match="'min' or 'max'"):
+        FMSTuner(tiny_task.build, tiny_task.datamodule, tiny_task.space(hub), hub, mode="maximize", **common)
+    with pytest.raises(ConfigurationError, match="at least one epoch"):
+        FMSTuner(tiny_task.build, tiny_task.datamodule, tiny_task.space(hub), hub, mode="max",
+                 **(common | {"budget_epochs": 0}))
+    with pytest.raises(ConfigurationError, match="no hub was given"):
+        FMSTuner(tiny_task.build, tiny_task.datamodule, tiny_task.space(hub), None, mode="max", **common)
+    with pytest.raises(ConfigurationError, match="Unknown method"):
+        FMSTuner(tiny_task.build, tiny_task.datamodule, tiny_task.space(hub), hub, mode="max", method="bohb", **common)
+    not_lightning = FMSTuner(lambda c, e: e.build(), tiny_task.datamodule, tiny_task.space(hub), hub, mode="max",
+                             method="dyhpo", progress=False, optimizer_kwargs=tiny_task.FAST_OPT, **common)
+    with pytest.raises(ConfigurationError, match="must return a LightningModule"):
+        not_lightning.fit()
+    never_logged = FMSTuner(tiny_task.build, tiny_task.datamodule, tiny_task.space(hub), hub, mode="max",
+                            method="dyhpo", progress=False, optimizer_kwargs=tiny_task.FAST_OPT,
+                            **(common | {"monitor": "val_f1", "study_dir": tmp_path / "s2"}))
+    with pytest.raises(MissingMetricError, match=r"val_f1.*val_acc"):
+        never_logged.fit()
