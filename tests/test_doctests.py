@@ -13,6 +13,10 @@ MODULES = [
     "fms_lightning.optim.presets",
     "fms_lightning.optim.module",
     "fms_lightning.examples.sklearn_data",
+    "fms_lightning.space",
+    "fms_lightning.acquisition",
+    "fms_lightning.optimizer",
+    "fms_lightning.study",
 ]
 
 

@@ -60,6 +60,16 @@ def test_fit_spends_the_budget_and_reports_the_best(tmp_path) -> None:
     weights = load_weights_file(out / "weights.safetensors")
     assert any(k.startswith("model.") for k in weights) and (out / "config.yaml").is_file()
     assert "mlp" in result.format_leaderboard()
+    # TensorBoard: one run per trial, plus the tuner's own incumbent and surrogate curves.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = sorted(p.name for p in (tmp_path / "study" / "tensorboard" / "trials").iterdir())
+    assert runs == [f"trial_{t.trial_id:05d}" for t in Study(tmp_path / "study", readonly=True).trials()]
+    acc = EventAccumulator(str(tmp_path / "study" / "tensorboard" / "tuner"))
+    acc.Reload()
+    incumbent = [e.value for e in acc.Scalars("tuner/incumbent")]
+    assert incumbent == sorted(incumbent) and incumbent[-1] == pytest.approx(result.best_value)
+    assert "tuner/surrogate_fit_loss" in acc.Tags()["scalars"]
 
 
 def test_hub_weights_are_the_starting_weights(tmp_path) -> None:

@@ -150,6 +150,7 @@ class Surrogate:
         self.model: DeepKernelGP | None = None
         self._y_mean = 0.0
         self._y_std = 1.0
+        self.last_fit_loss: float | None = None  # negative marginal log likelihood (eq. 3) at the last step
         self._w_mean: torch.Tensor | None = None
         self._w_std: torch.Tensor | None = None
         self._train: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -262,6 +263,7 @@ class Surrogate:
                 except (RuntimeError, ValueError) as err:  # NotPSDMatrixError is a RuntimeError
                     raise _Retry(str(err)) from err
                 opt.step()
+                self.last_fit_loss = float(loss.detach())
         model.eval()
 
     # -- prediction ------------------------------------------------------------------
