@@ -1,12 +1,13 @@
 # Two entry points a new user needs; each does its own set-up.
-#   make demo   train the digits CNN with a NAdamW-list preset (the main job)
+#   make demo   Forecasting Model Search over the embedded digits hub (the main job)
 #   make test   run the whole test suite
+# Also: make demo-nadamw (the digits CNN with a NAdamW-list preset), make bench-optim.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench-optim install clean
+.PHONY: demo demo-nadamw test bench-optim install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +18,9 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/fms-lightning tune digits_hub $(ARGS)
+
+demo-nadamw: $(STAMP)
 	$(BIN)/fms-lightning demo $(ARGS)
 
 test: $(STAMP)

@@ -121,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FMSError as err:
         print(f"fms-lightning: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `fms-lightning status DIR | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

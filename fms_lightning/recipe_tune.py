@@ -17,6 +17,7 @@ embedded default)::
     optimizer: {}                       # extra FMSOptimizer options, e.g. n_candidates
     trainer: {}                         # extra lightning.Trainer options
     progress: true
+    threads: null                       # torch intra-op threads (null: torch's default)
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class TuneRecipe:
     optimizer: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    threads: Any = None
 
 
 def validate_recipe(cfg: DictConfig | dict[str, Any]) -> DictConfig:
@@ -105,6 +107,12 @@ def run_tune_recipe(cfg: DictConfig | dict[str, Any], *, stream: TextIO | None =
     rc = validate_recipe(cfg)
     plain = OmegaConf.to_container(rc, resolve=True)
     assert isinstance(plain, dict)
+    if plain["threads"] is not None:
+        import torch
+
+        if not isinstance(plain["threads"], int) or plain["threads"] < 1:
+            raise ConfigurationError(f"threads must be a positive integer or null, got {plain['threads']!r}.")
+        torch.set_num_threads(plain["threads"])
     hub = _resolve_hub(plain["hub"], int(plain["seed"]), sys.stderr)
     spec = dict(plain["search_space"])
     for name, entry in spec.items():
