@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -192,7 +192,7 @@ class NAdamW(Optimizer):
             for step, idx in buckets.items():
                 sel = lambda xs: [xs[i] for i in idx]  # noqa: E731
                 fn = _foreach_update if use_foreach else _single_tensor_update
-                fn(sel(params), sel(grads), sel(ms), sel(vs), step=step, group=group)
+                fn(sel(params), sel(grads), sel(ms), sel(vs), _scalars(group, step))
         return loss
 
     def _collect(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[int]]:
@@ -224,37 +224,48 @@ class NAdamW(Optimizer):
         return params, grads, ms, vs, steps
 
 
-def _single_tensor_update(
-    params: list[Tensor], grads: list[Tensor], ms: list[Tensor], vs: list[Tensor], *, step: int, group: dict[str, Any]
-) -> None:
+class _Scalars(NamedTuple):
+    """The per-step scalars of one update, shared by both code paths."""
+
+    beta1: float
+    beta2: float
+    eps: float
+    decay: float  # 1 − η·λ, the decoupled weight-decay factor on θ_{t-1}
+    m_ratio: float  # c1 / c2: c1·m + c2·g = c2·(g + (c1/c2)·m)
+    s2: float  # √(1−β2^t)
+    step_size: float  # −η·c2 (c2 > 0 because β1 < 1)
+
+
+def _scalars(group: dict[str, Any], step: int) -> _Scalars:
     beta1, beta2 = group["betas"]
-    lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
+    lr, wd = float(group["lr"]), float(group["weight_decay"])
     c1, c2, s2 = nadamw_coefficients(step, beta1, beta2, group["variant"])
+    return _Scalars(beta1, beta2, float(group["eps"]), 1.0 - lr * wd, c1 / c2, s2, -lr * c2)
+
+
+def _single_tensor_update(
+    params: list[Tensor], grads: list[Tensor], ms: list[Tensor], vs: list[Tensor], k: _Scalars
+) -> None:
     for p, g, m, v in zip(params, grads, ms, vs):
-        m.lerp_(g, 1.0 - beta1)
-        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-        numer = g.add(m, alpha=c1 / c2)
-        denom = v.sqrt().div_(s2).add_(eps)
-        if wd != 0.0:
-            p.mul_(1.0 - lr * wd)
-        p.addcdiv_(numer, denom, value=-lr * c2)
+        m.lerp_(g, 1.0 - k.beta1)
+        v.mul_(k.beta2).addcmul_(g, g, value=1.0 - k.beta2)
+        numer = g.add(m, alpha=k.m_ratio)
+        denom = v.sqrt().div_(k.s2).add_(k.eps)
+        if k.decay != 1.0:
+            p.mul_(k.decay)
+        p.addcdiv_(numer, denom, value=k.step_size)
 
 
 def _foreach_update(
-    params: list[Tensor], grads: list[Tensor], ms: list[Tensor], vs: list[Tensor], *, step: int, group: dict[str, Any]
+    params: list[Tensor], grads: list[Tensor], ms: list[Tensor], vs: list[Tensor], k: _Scalars
 ) -> None:
-    beta1, beta2 = group["betas"]
-    lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
-    c1, c2, s2 = nadamw_coefficients(step, beta1, beta2, group["variant"])
-    torch._foreach_lerp_(ms, grads, 1.0 - beta1)
-    torch._foreach_mul_(vs, beta2)
-    torch._foreach_addcmul_(vs, grads, grads, value=1.0 - beta2)
-    # c1·m + c2·g = c2·(g + (c1/c2)·m): one fused pass builds the numerator, and
-    # -η·c2 goes into the final addcdiv. c2 > 0 because β1 < 1.
-    numer = torch._foreach_add(grads, ms, alpha=c1 / c2)
+    torch._foreach_lerp_(ms, grads, 1.0 - k.beta1)
+    torch._foreach_mul_(vs, k.beta2)
+    torch._foreach_addcmul_(vs, grads, grads, value=1.0 - k.beta2)
+    numer = torch._foreach_add(grads, ms, alpha=k.m_ratio)  # one fused pass for the numerator
     denom = torch._foreach_sqrt(vs)
-    torch._foreach_div_(denom, s2)
-    torch._foreach_add_(denom, eps)
-    if wd != 0.0:
-        torch._foreach_mul_(params, 1.0 - lr * wd)
-    torch._foreach_addcdiv_(params, numer, denom, value=-lr * c2)
+    torch._foreach_div_(denom, k.s2)
+    torch._foreach_add_(denom, k.eps)
+    if k.decay != 1.0:
+        torch._foreach_mul_(params, k.decay)
+    torch._foreach_addcdiv_(params, numer, denom, value=k.step_size)
