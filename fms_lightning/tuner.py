@@ -315,9 +315,10 @@ class FMSTuner:
         """
         ckpt_epoch, ckpt = self._checkpoint(study_trial)
         # Observations past the last checkpoint were not committed: they are retrained (and replaced).
+        # Seeded exactly as in _start_weights, so parameters the hub does not cover start
+        # from the same values that the optimizer was told are W_{i,0}.
+        torch.manual_seed(self.seed)
         module = self._make_module(config, load_weights=ckpt is None)
-        if ckpt is None:
-            torch.manual_seed(self.seed)  # irrelevant for hub weights; fixes fresh initialisations
         from lightning.pytorch.loggers import TensorBoardLogger
 
         snapshot = WeightSnapshot(study, monitor=self.monitor, trial_id=study_trial, save_start_weights=True)
