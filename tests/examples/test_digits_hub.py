@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 import torch
 
 from fms_lightning.examples.digits_hub import HUB_SPEC, digits_hub, digits_split
@@ -22,8 +23,13 @@ def test_target_is_a_different_part_and_a_transform() -> None:
     assert not any(row.tobytes() in flat_p for row in xt[..., ::-1].copy().reshape(len(xt), -1))
 
 
-def test_hub_builds_once_and_the_default_recipe_runs(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("FMS_LIGHTNING_CACHE", str(tmp_path / "cache"))
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("hub-cache"))
+
+
+def test_hub_builds_once_and_the_default_recipe_runs(tmp_path, monkeypatch, hub_cache) -> None:
+    monkeypatch.setenv("FMS_LIGHTNING_CACHE", hub_cache)
     log = io.StringIO()
     hub = digits_hub(stream=log)
     assert len(hub) == len(HUB_SPEC) >= 8
@@ -43,3 +49,27 @@ def test_hub_builds_once_and_the_default_recipe_runs(tmp_path, monkeypatch) -> N
     assert "Leaderboard" in out.getvalue() and result.best_hub_entry in hub.names
     with Study(tmp_path / "study", readonly=True) as study:
         assert study.budget_used() == 4
+
+
+def test_demo_task_resumed_1_1_1_equals_3_straight(tmp_path, hub_cache) -> None:
+    """On the demo task, with dropout and shuffling, three 1-epoch segments == one 3-epoch run."""
+    from fms_lightning.examples.digits_hub import build_hub_classifier, target_datamodule
+    from fms_lightning.space import HubChoice, SearchSpace, Uniform
+    from fms_lightning.tuner import FMSTuner
+
+    hub = digits_hub(hub_cache, stream=io.StringIO())
+    space = SearchSpace({"model": HubChoice(values=tuple(hub.names)), "lr": Uniform(0.01, 0.1)})
+    config = {"model": "mlp-wide", "lr": 0.05, "momentum": 0.9, "dropout": 0.5, "batch_size": 32}
+    finals = []
+    for name, targets in (("pieces", (1, 2, 3)), ("straight", (3,))):
+        tuner = FMSTuner(build_hub_classifier, target_datamodule, space, hub, monitor="val_acc", mode="max",
+                         budget_epochs=3, max_epochs_per_trial=3, method="dyhpo", study_dir=tmp_path / name,
+                         seed=7, progress=False)
+        with Study(tmp_path / name) as study:
+            sid = study.add_trial(config, "mlp-wide", opt_trial_id=0)
+            for target in targets:
+                tuner._train_segment(study, sid, config, target)
+            finals.append(study.load_snapshot(study.observations(sid)[-1].snapshot))
+    assert finals[0].keys() == finals[1].keys()
+    for k in finals[0]:
+        torch.testing.assert_close(finals[0][k], finals[1][k], rtol=1e-6, atol=1e-7, msg=k)
