@@ -93,6 +93,29 @@ def _resolve_hub(spec: Any, seed: int, stream: TextIO) -> Any:
     return ModelHub.from_directory(str(spec))
 
 
+def _datamodule_factory(obj: Any) -> Any:
+    """A ``config -> LightningDataModule`` callable from a recipe's ``datamodule:`` object.
+
+    A LightningDataModule *class* is instantiated with the config's values for the
+    parameters its ``__init__`` accepts (so ``batch_size`` in the search space
+    reaches it); any other callable is called with the config.
+    """
+    import inspect
+
+    import lightning.pytorch as pl
+
+    if isinstance(obj, type) and issubclass(obj, pl.LightningDataModule):
+        params = inspect.signature(obj.__init__).parameters
+
+        def make(config: dict[str, Any]) -> pl.LightningDataModule:
+            return obj(**{k: v for k, v in config.items() if k in params and k != "self"})
+
+        return make
+    if not callable(obj):
+        raise ConfigurationError(f"The recipe's datamodule must be a LightningDataModule class or a callable, got {obj!r}.")
+    return obj
+
+
 def run_tune_recipe(cfg: DictConfig | dict[str, Any], *, stream: TextIO | None = None) -> Any:
     """Validate a recipe, build the tuner and run it; prints the leaderboard and the winner.
 
@@ -122,7 +145,7 @@ def run_tune_recipe(cfg: DictConfig | dict[str, Any], *, stream: TextIO | None =
             spec[name] = {**entry, "values": list(hub.names)}
     space = SearchSpace.from_dict(spec)
     build = import_object(plain["module"])
-    datamodule = import_object(plain["datamodule"])
+    datamodule = _datamodule_factory(import_object(plain["datamodule"]))
     tuner = FMSTuner(
         build, datamodule, space, hub, monitor=plain["monitor"], mode=plain["mode"],
         budget_epochs=int(plain["budget_epochs"]), max_epochs_per_trial=int(plain["max_epochs_per_trial"]),

@@ -41,12 +41,14 @@ def test_tune_and_status_on_a_user_module(tmp_path, capsys) -> None:
     recipe = {
         "study_dir": str(tmp_path / "study"), "method": "dyhpo", "budget_epochs": 4, "max_epochs_per_trial": 2,
         "hub": str(tmp_path / "hub"), "module": "tests.tiny_task:build", "datamodule": "tests.tiny_task:datamodule",
-        "search_space": {"model": {"type": "hub", "values": "all"}, "lr": {"type": "log_uniform", "low": 1e-3, "high": 0.3}},
+        "search_space": {"model": {"type": "hub", "values": "all"}, "lr": {"type": "log_uniform", "low": 1e-3, "high": 0.3},
+                         "batch_size": {"type": "choice", "values": [16, 32]}},
         "optimizer": tiny_task.FAST_OPT, "progress": False,
     }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    assert main(["tune", str(path), "seed=1"]) == 0
+    # The datamodule may be named as a class: batch_size from the config reaches its __init__.
+    assert main(["tune", str(path), "seed=1", "datamodule=tests.tiny_task:TinyData"]) == 0
     out = capsys.readouterr().out
     assert "Leaderboard" in out and "Best: val_acc=" in out and "hub model 'mlp" in out
     assert main(["status", str(tmp_path / "study")]) == 0
@@ -57,3 +59,13 @@ def test_tune_and_status_on_a_user_module(tmp_path, capsys) -> None:
 def test_status_of_a_missing_study_is_a_clear_error(tmp_path, capsys) -> None:
     assert main(["status", str(tmp_path / "nope")]) == 2
     assert "No study" in capsys.readouterr().err
+
+
+def test_datamodule_class_gets_the_config_values_it_accepts() -> None:
+    from fms_lightning.recipe_tune import _datamodule_factory
+
+    make = _datamodule_factory(tiny_task.TinyData)
+    assert make({"batch_size": 32, "lr": 0.1, "model": "mlp8"}).batch_size == 32
+    assert _datamodule_factory(tiny_task.datamodule) is tiny_task.datamodule
+    with pytest.raises(ConfigurationError, match="datamodule"):
+        _datamodule_factory(42)
