@@ -6,6 +6,8 @@ Subcommands:
 - ``presets [--list FILE] [--format table|yaml]``: print a NAdamW hyperparameter list.
 - ``tune [RECIPE] [key=value ...]``: run Forecasting Model Search from a recipe.
 - ``status STUDY_DIR``: trials, the best result so far, and the budget used.
+- ``lists build ...``: build an ordered hyperparameter list from your own trials.
+- ``sweep [RECIPE] --top K``: train the first K presets of a list, in parallel.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fms-lightning", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="train the digits CNN with a NAdamW-list preset (the main job)")
+    demo = sub.add_parser("demo", help="train the digits CNN with one NAdamW-list preset")
     demo.add_argument("recipe", nargs="?", default="digits_demo", help="recipe name or YAML path")
     demo.add_argument("overrides", nargs="*", help="key=value overrides, e.g. preset=nadamw-list/3")
     demo.add_argument("--progress", action="store_true", help="also show Lightning's progress bar")
@@ -95,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     presets.add_argument("--format", choices=("table", "yaml"), default="table")
     presets.set_defaults(func=_cmd_presets)
 
-    tune = sub.add_parser("tune", help="run Forecasting Model Search from a recipe (default: the digits hub)")
+    tune = sub.add_parser("tune", help="run Forecasting Model Search from a recipe (the main job; default: the digits hub)")
     tune.add_argument("recipe", nargs="?", default="digits_hub", help="recipe name or YAML path")
     tune.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method=dyhpo budget_epochs=20")
     tune.set_defaults(func=_cmd_tune)
@@ -104,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("study_dir")
     status.add_argument("--mode", choices=("min", "max"), default="max", help="for studies without tuner settings")
     status.set_defaults(func=_cmd_status)
+
+    from fms_lightning.optim import lists, sweep_cli
+
+    lists.register(sub)
+    sweep_cli.register(sub)
     return parser
 
 

@@ -33,3 +33,12 @@ def test_library_errors_become_exit_status_2(capsys, tmp_path) -> None:
 def test_console_script_is_installed() -> None:
     exe = subprocess.run([sys.executable, "-m", "fms_lightning.cli", "presets"], capture_output=True, text=True)
     assert exe.returncode == 0 and "nadamw-list/5" in exe.stdout
+
+
+def test_every_subcommand_is_wired(capsys) -> None:
+    from fms_lightning.cli import _parser
+
+    parser = _parser()
+    for argv in (["tune"], ["status", "dir"], ["lists", "build", "--csv", "t.csv", "-k", "2", "-o", "l.yaml"],
+                 ["sweep", "--top", "2"], ["demo"], ["presets"]):
+        assert callable(parser.parse_args(argv).func), argv

@@ -1,0 +1,265 @@
+"""List sweeps: train the first K presets of a hyperparameter list and keep the best.
+
+This is the NAdamW-lists paper's turn-key protocol: with a budget of K parallel
+trials, run the first K points of the list (5 in the paper) and keep the one
+with the best validation metric. Trials are independent Lightning runs of a
+:class:`~fms_lightning.optim.NAdamWListModule`; with ``parallel > 1`` they run in
+separate local processes (``forkserver``, else ``spawn``), otherwise one after another.
+
+The Ray executor is not available for sweeps yet.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import multiprocessing
+import os
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+
+from fms_lightning.errors import ConfigurationError, FMSError, MissingMetricError, TrialFailedError
+from fms_lightning.optim.module import NAdamWListModule
+from fms_lightning.optim.presets import NADAMW_LIST, NAdamWPoint, preset_name
+
+__all__ = ["SweepTrial", "SweepResult", "sweep", "run_sweep_recipe", "register"]
+
+ModuleFactory = Callable[[NAdamWPoint], NAdamWListModule]
+Mode = Literal["min", "max"]
+
+
+@dataclass(frozen=True)
+class SweepTrial:
+    """One trained preset of a sweep.
+
+    Attributes:
+        rank: The preset's 1-based rank in the list.
+        point: The preset.
+        values: The monitored value after each validation epoch.
+        best_value: The best of ``values`` (``None`` if the trial failed).
+        best_epoch: The 1-based epoch of ``best_value``.
+        error: Why the trial failed, or ``None``.
+    """
+
+    rank: int
+    point: NAdamWPoint
+    values: tuple[float, ...]
+    best_value: float | None
+    best_epoch: int | None
+    error: str | None = None
+
+    @property
+    def final_value(self) -> float | None:
+        """The monitored value after the last epoch."""
+        return self.values[-1] if self.values else None
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """All trials of a sweep, in list order.
+
+    Attributes:
+        trials: One :class:`SweepTrial` per preset, in rank order.
+        monitor: The metric compared.
+        mode: ``"max"`` or ``"min"``.
+    """
+
+    trials: tuple[SweepTrial, ...]
+    monitor: str
+    mode: Mode
+
+    @property
+    def best(self) -> SweepTrial:
+        """The trial with the best ``best_value`` (the lower rank wins ties).
+
+        Raises:
+            TrialFailedError: If every trial failed.
+        """
+        ok = [t for t in self.trials if t.best_value is not None and math.isfinite(t.best_value)]
+        if not ok:
+            reasons = "; ".join(f"#{t.rank}: {t.error}" for t in self.trials)
+            raise TrialFailedError(f"Every trial of the sweep failed or logged no finite {self.monitor!r}: {reasons}")
+        sign = 1.0 if self.mode == "max" else -1.0
+        return max(ok, key=lambda t: (sign * float(t.best_value), -t.rank))  # type: ignore[arg-type]
+
+    def format_table(self) -> str:
+        """A plain-text table of all trials, the best marked with ``*``."""
+        try:
+            best_rank: int | None = self.best.rank
+        except TrialFailedError:
+            best_rank = None
+        head = f"{'rank':>4}  {'preset':<16}{'lr':>10}  {'wd':>8}  {'best ' + self.monitor:>14}  {'epoch':>5}  {'final':>8}"
+        lines = [head, "-" * len(head)]
+        for t in self.trials:
+            name = preset_name(t.point) or f"#{t.rank}"
+            mark = "*" if t.rank == best_rank else " "
+            if t.best_value is None:
+                tail = f"{'failed':>14}  {'-':>5}  {'-':>8}  {t.error or ''}"
+            else:
+                tail = f"{t.best_value:>14.4f}  {t.best_epoch:>5}  {t.final_value:>8.4f}"
+            lines.append(f"{t.rank:>3}{mark}  {name:<16}{t.point.lr:>10.3g}  {t.point.weight_decay:>8.3g}  {tail}")
+        return "\n".join(lines)
+
+
+class _Recorder(Callback):
+    """Keeps the monitored value after each validation epoch (sanity checks skipped)."""
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self.values: list[float] = []
+        self.seen: list[str] = []
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        self.seen = sorted(metrics)
+        if self.monitor in metrics:
+            self.values.append(float(metrics[self.monitor]))
+
+
+def _run_trial(
+    rank: int, point: NAdamWPoint, module_factory: ModuleFactory, datamodule: pl.LightningDataModule, *,
+    max_epochs: int, monitor: str, mode: Mode, seed: int, trainer_kwargs: Mapping[str, Any], threads: int | None,
+) -> SweepTrial:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    model = module_factory(point)
+    if not isinstance(model, NAdamWListModule):
+        raise ConfigurationError(
+            f"module_factory must return a NAdamWListModule built with the point it is given, got "
+            f"{type(model).__name__}; subclass fms_lightning.optim.NAdamWListModule."
+        )
+    recorder = _Recorder(monitor)
+    options: dict[str, Any] = {
+        "accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+        "enable_model_summary": False, "num_sanity_val_steps": 0, "deterministic": True,
+    }
+    options.update(trainer_kwargs)
+    options["callbacks"] = [*options.get("callbacks", []), recorder]
+    try:
+        pl.Trainer(max_epochs=max_epochs, **options).fit(model, datamodule=datamodule)
+    except FMSError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a diverging or crashing trial is recorded, not fatal
+        return SweepTrial(rank, point, tuple(recorder.values), None, None, f"{type(err).__name__}: {err}")
+    if not recorder.values:
+        raise MissingMetricError(
+            f"The sweep monitors {monitor!r}, but validation logged only {recorder.seen}; log it with "
+            f"self.log({monitor!r}, ...) in validation_step, or pass monitor= one of those."
+        )
+    finite = [(v, e) for e, v in enumerate(recorder.values, start=1) if math.isfinite(v)]
+    if not finite:
+        return SweepTrial(rank, point, tuple(recorder.values), None, None, f"{monitor} was never finite")
+    pick = max if mode == "max" else min
+    value, epoch = pick(finite, key=lambda ve: (ve[0], -ve[1]) if mode == "max" else (ve[0], ve[1]))
+    return SweepTrial(rank, point, tuple(recorder.values), value, epoch)
+
+
+def _process_context() -> multiprocessing.context.BaseContext:
+    """``forkserver`` with torch and Lightning preloaded where available, else ``spawn``.
+
+    Trials then start by forking a clean server that has imported them once,
+    instead of importing torch in every process; neither method forks this
+    (possibly multi-threaded) process itself.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def sweep(
+    module_factory: ModuleFactory,
+    datamodule: pl.LightningDataModule,
+    *,
+    top: int = 5,
+    hparam_list: Sequence[NAdamWPoint] = NADAMW_LIST,
+    max_epochs: int,
+    monitor: str = "val_acc",
+    mode: Mode = "max",
+    parallel: int = 1,
+    seed: int = 0,
+    trainer_kwargs: Mapping[str, Any] | None = None,
+) -> SweepResult:
+    """Train the first ``top`` presets of a list and report the best (the paper's K-trial protocol).
+
+    Args:
+        module_factory: Builds the model for a point, e.g. ``functools.partial(DigitsCNN, hidden=64)``;
+            called as ``module_factory(point)`` and must return a ``NAdamWListModule``.
+            With ``parallel > 1`` it must be picklable (a module-level function,
+            a class, or a ``functools.partial`` of one).
+        datamodule: The data; every trial uses it (a copy per process when parallel).
+        top: ``K``, how many presets to run, from the front of the list.
+        hparam_list: The ordered list (default ``NADAMW_LIST``; see ``load_hparam_list``).
+        max_epochs: Epochs per trial; the schedule's horizon follows the Trainer.
+        monitor: The validation metric to compare.
+        mode: ``"max"`` or ``"min"``.
+        parallel: How many trials run at once in local processes; 1 runs them in this process.
+        seed: Seed of every trial (``seed_everything``), so trials differ only by preset.
+        trainer_kwargs: Extra ``lightning.Trainer`` options (they override the sweep's defaults:
+            CPU, no logger, no checkpoints, no progress bar, deterministic).
+
+    Returns:
+        A :class:`SweepResult` with every trial in list order and ``.best``.
+
+    Raises:
+        ConfigurationError: For a bad ``top``, ``parallel``, mode or epochs, or an
+            unpicklable factory or datamodule with ``parallel > 1``.
+        MissingMetricError: If validation never logs ``monitor``.
+
+    >>> import functools
+    >>> from fms_lightning.examples.digits import DigitsCNN
+    >>> from fms_lightning.examples.sklearn_data import SklearnDataModule
+    >>> result = sweep(functools.partial(DigitsCNN, hidden=16), SklearnDataModule("digits", as_image=True),
+    ...                top=2, max_epochs=1)  # doctest: +SKIP
+    >>> result.best.rank  # doctest: +SKIP
+    2
+    """
+    points = tuple(hparam_list)
+    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= len(points):
+        raise ConfigurationError(f"top must be an integer in 1..{len(points)} (the list's length), got {top!r}.")
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ConfigurationError(f"parallel must be an integer >= 1, got {parallel!r}.")
+    if mode not in ("min", "max"):
+        raise ConfigurationError(f"mode must be 'min' or 'max', got {mode!r}.")
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+        raise ConfigurationError(f"max_epochs must be a positive integer, got {max_epochs!r}.")
+    workers = min(parallel, top)
+    kwargs = dict(trainer_kwargs or {})
+    jobs = [(rank, points[rank - 1]) for rank in range(1, top + 1)]
+    run = functools.partial(
+        _run_trial, module_factory=module_factory, datamodule=datamodule, max_epochs=max_epochs, monitor=monitor,
+        mode=mode, seed=seed, trainer_kwargs=kwargs,
+    )
+    if workers == 1:
+        trials = [run(rank, point, threads=None) for rank, point in jobs]
+    else:
+        try:
+            pickle.dumps((module_factory, datamodule, kwargs))
+        except Exception as err:  # noqa: BLE001 - pickling can raise many types
+            raise ConfigurationError(
+                f"With parallel={parallel}, the module factory, datamodule and trainer_kwargs go to other "
+                f"processes and must be picklable, but pickling failed: {err}. Use a module-level function or "
+                "functools.partial, or parallel=1."
+            ) from err
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = _process_context()
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = [pool.submit(run, rank, point, threads=threads) for rank, point in jobs]
+            trials = [f.result() for f in futures]
+    return SweepResult(tuple(trials), monitor, mode)
+
+
+# The recipe runner and the CLI live in sweep_cli (which does not import Lightning until a sweep runs).
+from fms_lightning.optim.sweep_cli import register, run_sweep_recipe  # noqa: E402

@@ -1,0 +1,125 @@
+"""``fms-lightning sweep RECIPE --top K``: a list sweep from a demo-style recipe.
+
+Importing this module does not import Lightning; :func:`register` can be
+called while building the command-line parser at no cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TextIO
+
+from fms_lightning.errors import ConfigurationError
+from fms_lightning.optim.presets import NADAMW_LIST, NAdamWPoint, load_hparam_list, preset_name
+
+if TYPE_CHECKING:
+    from fms_lightning.optim.sweep import SweepResult
+
+__all__ = ["run_sweep_recipe", "register"]
+
+
+def _import(spec: str) -> Any:
+    module, sep, attr = str(spec).partition(":")
+    if not sep:
+        raise ConfigurationError(f"Expected 'package.module:attribute', got {spec!r}.")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigurationError(f"Cannot import {spec!r}: {err}.") from err
+
+
+def run_sweep_recipe(
+    cfg: Any, *, top: int = 5, hparam_list: Sequence[NAdamWPoint] = NADAMW_LIST, parallel: int = 1,
+    stream: TextIO | None = None,
+) -> SweepResult:
+    """Run a sweep from a demo-style recipe (``recipes/digits_demo.yaml``; its ``preset`` is ignored).
+
+    The recipe's ``data``, ``model``, ``seed``, ``variant`` and ``trainer`` keys are
+    used as in the demo (``trainer.max_epochs`` is the epochs per trial). Optional
+    keys: ``monitor`` (default ``val_acc``), ``mode`` (``max``), and ``module`` /
+    ``datamodule`` as ``pkg.mod:callable`` to sweep another model:
+    ``module(point, **model)`` and ``datamodule(**data)``.
+
+    Args:
+        cfg: The recipe (a ``DictConfig`` or a dict).
+        top: How many presets to run.
+        hparam_list: The list.
+        parallel: Trials at once.
+        stream: Where the table goes (default stdout).
+
+    Returns:
+        The :class:`SweepResult`.
+
+    Raises:
+        ConfigurationError: For a recipe with missing or bad keys.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    from fms_lightning.optim.sweep import sweep
+
+    stream = stream if stream is not None else sys.stdout
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    try:
+        data = dict(OmegaConf.to_container(cfg.data, resolve=True))  # type: ignore[arg-type]
+        model = dict(OmegaConf.to_container(cfg.model, resolve=True))  # type: ignore[arg-type]
+        trainer = dict(OmegaConf.to_container(cfg.trainer, resolve=True))  # type: ignore[arg-type]
+        seed = int(cfg.get("seed", 0))
+    except (AttributeError, KeyError, ValueError) as err:
+        raise ConfigurationError(f"The sweep recipe is missing a key: {err}. Start from recipes/digits_demo.yaml.") from err
+    if "max_epochs" not in trainer:
+        raise ConfigurationError("The sweep recipe needs trainer.max_epochs (epochs per trial).")
+    max_epochs = int(trainer.pop("max_epochs"))
+    if "module" in cfg:
+        factory = functools.partial(_import(cfg.module), **model)
+        dm = _import(cfg.datamodule)(**data) if "datamodule" in cfg else None
+        if dm is None:
+            raise ConfigurationError("A sweep recipe with 'module' also needs 'datamodule: pkg.mod:callable'.")
+    else:
+        from fms_lightning.examples.digits import DigitsCNN
+        from fms_lightning.examples.sklearn_data import SklearnDataModule
+
+        name = data.pop("name", "digits")
+        dm = SklearnDataModule(name, seed=seed, as_image=True, **data)
+        factory = functools.partial(DigitsCNN, variant=str(cfg.get("variant", "optax")), **model)
+    monitor, mode = str(cfg.get("monitor", "val_acc")), str(cfg.get("mode", "max"))
+    print(f"Sweeping the first {top} presets ({parallel} at a time), {max_epochs} epochs each, "
+          f"monitoring {monitor} ({mode})", file=stream, flush=True)
+    result = sweep(factory, dm, top=top, hparam_list=hparam_list, max_epochs=max_epochs, monitor=monitor,
+                   mode=mode, parallel=parallel, seed=seed, trainer_kwargs=trainer)  # type: ignore[arg-type]
+    print(result.format_table(), file=stream)
+    best = result.best
+    print(f"best: rank {best.rank} ({preset_name(best.point) or 'custom'}) {monitor}={best.best_value:.4f} "
+          f"at epoch {best.best_epoch}", file=stream, flush=True)
+    return result
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from fms_lightning.recipes import load_recipe
+
+    recipe, overrides = args.recipe, list(args.overrides)
+    if "=" in recipe:  # "sweep key=value ...": no recipe given, the first override was taken for one
+        recipe, overrides = "digits_demo", [recipe, *overrides]
+    points = load_hparam_list(args.list) if args.list else NADAMW_LIST
+    run_sweep_recipe(load_recipe(recipe, overrides), top=args.top, hparam_list=points,
+                     parallel=args.parallel if args.parallel is not None else args.top)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``sweep RECIPE --top K [--list FILE] [--parallel P] [key=value ...]`` to argparse ``subparsers``.
+
+    Returns:
+        The ``sweep`` parser; it sets ``func``, which takes the namespace and returns an exit status.
+    """
+    parser = subparsers.add_parser("sweep", help="train the first K presets of a list and report the best")
+    parser.add_argument("recipe", nargs="?", default="digits_demo", help="recipe name or YAML path (demo format)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_epochs=5")
+    parser.add_argument("--top", type=int, default=5, help="K: run the first K presets (default 5)")
+    parser.add_argument("--list", help="a list YAML of your own (default: the built-in NADAMW_LIST)")
+    parser.add_argument("--parallel", type=int, default=None, help="trials at once (default K: all in parallel)")
+    parser.set_defaults(func=_cmd_sweep)
+    return parser
