@@ -346,16 +346,15 @@ class FMSTuner:
         if ckpt is not None and ckpt != path:
             ckpt.unlink(missing_ok=True)
 
-    def _tell(self, study: Study, opt_trial: int, study_trial: int) -> None:
+    def _tell(self, opt: FMSOptimizer, study: Study, opt_trial: int, study_trial: int) -> None:
         """Feed the optimizer every committed observation of the trial it has not seen."""
-        assert self.optimizer is not None
-        known = len(self.optimizer.trials[opt_trial].curve)
+        known = len(opt.trials[opt_trial].curve)
         ckpt_epoch, _ = self._checkpoint(study_trial)
         for o in study.observations(study_trial):
             if known < o.epoch <= ckpt_epoch:
                 weights = str(study.path / o.snapshot) if o.snapshot else None
-                self.optimizer.observe(opt_trial, o.epoch, o.value, weights=weights)
-        study.save_tuner_state(self.optimizer.state_dict())
+                opt.observe(opt_trial, o.epoch, o.value, weights=weights)
+        study.save_tuner_state(opt.state_dict())
 
     def _committed_budget(self, study: Study) -> int:
         total = 0
@@ -398,7 +397,7 @@ class FMSTuner:
                 opt.load_state_dict(state)
             for t in study.trials():  # observations committed after the last saved optimizer state
                 if t.opt_trial_id in opt.trials:
-                    self._tell(study, t.opt_trial_id, t.trial_id)
+                    self._tell(opt, study, t.opt_trial_id, t.trial_id)
             # Trials the optimizer handed out but that never finished: train them first.
             unfinished = [Suggestion(tid, dict(t.config), t.target) for tid, t in opt.trials.items()
                           if t.status.value == "running"]
@@ -415,7 +414,7 @@ class FMSTuner:
                     sid = study.add_trial(s.config, entry.name if entry else None, opt_trial_id=s.trial_id)
                     try:
                         self._train_segment(study, sid, dict(s.config), s.epoch)
-                        self._tell(study, s.trial_id, sid)
+                        self._tell(opt, study, s.trial_id, sid)
                         done = s.epoch >= self.max_epochs_per_trial
                         study.set_status(sid, TrialStatus.COMPLETED if done else TrialStatus.PAUSED)
                         failures.clear()
@@ -428,7 +427,7 @@ class FMSTuner:
                         log.warning("Trial %s failed: %s", sid, reason)
                         study.set_status(sid, TrialStatus.FAILED, reason=reason)
                         with contextlib.suppress(FMSError):
-                            self._tell(study, s.trial_id, sid)
+                            self._tell(opt, study, s.trial_id, sid)
                         opt.mark_failed(s.trial_id, reason)
                         study.save_tuner_state(opt.state_dict())
                         failures.append(f"trial {sid}: {reason}")
