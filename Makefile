@@ -1,13 +1,13 @@
 # Two entry points a new user needs; each does its own set-up.
 #   make demo   Forecasting Model Search over the embedded digits hub (the main job)
 #   make test   run the whole test suite
-# Also: make demo-nadamw (the digits CNN with a NAdamW-list preset), make bench-optim.
+# Also: make demo-nadamw (the digits CNN with a NAdamW-list preset), make bench (BENCHMARKS.md), make bench-optim.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-nadamw test bench-optim install clean
+.PHONY: demo demo-nadamw test bench bench-optim install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ demo-nadamw: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The benchmark suite of BENCHMARKS.md (builds take several minutes each; runs ~30 min).
+BENCH_RUN := --size full --seeds 10 --candidates 128 --initial-steps 200 --refine-steps 20 --pretrain-steps 200 --transfer
+bench: $(STAMP)
+	$(BIN)/fms-lightning bench build --size full
+	$(BIN)/fms-lightning bench run --hub cnn --task mirror $(BENCH_RUN)
+	$(BIN)/fms-lightning bench run --hub diverse --task mirror $(BENCH_RUN)
+	$(BIN)/fms-lightning bench report --preamble docs/bench/preamble.md --epilogue docs/bench/findings.md
 
 bench-optim: $(STAMP)
 	$(BIN)/python scripts/bench_nadamw.py

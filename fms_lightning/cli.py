@@ -8,6 +8,7 @@ Subcommands:
 - ``status STUDY_DIR``: trials, the best result so far, and the budget used.
 - ``lists build ...``: build an ordered hyperparameter list from your own trials.
 - ``sweep [RECIPE] --top K``: train the first K presets of a list, in parallel.
+- ``bench build|run|report``: cached HPO benchmarks and ``BENCHMARKS.md``.
 """
 
 from __future__ import annotations
@@ -107,10 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--mode", choices=("min", "max"), default="max", help="for studies without tuner settings")
     status.set_defaults(func=_cmd_status)
 
+    from fms_lightning.bench.cli import register as register_bench
     from fms_lightning.optim import lists, sweep_cli
 
     lists.register(sub)
     sweep_cli.register(sub)
+    register_bench(sub)
     return parser
 
 

@@ -301,6 +301,53 @@ class FMSOptimizer:
             return None
         return best[0], dict(best[1]), best[2], best[3] if self.mode == "max" else -best[3]
 
+    def predict(
+        self, configs: Iterable[Mapping[str, Any]], *, epoch: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The surrogate's posterior of y at ``epoch`` for each config, given what is known.
+
+        A config that has a trial (the one with the longest curve) is predicted from its
+        observed curve before ``epoch`` and its latest snapshot before ``epoch``; any other
+        config from an empty curve and its starting weights W_{i,0}. The surrogate is
+        (re)fit first if new observations arrived, exactly as :meth:`suggest` would.
+
+        Args:
+            configs: Configs of the search space.
+            epoch: The budget to predict at (default ``max_epochs``: the final metric).
+
+        Returns:
+            ``(mean, std)``, each `(n,)`, in the user's units (``mode``).
+
+        Raises:
+            ConfigurationError: For ``method="random"``, before any observation, or a bad ``epoch``.
+        """
+        epoch = self.max_epochs if epoch is None else int(epoch)
+        if self.method is Method.RANDOM or self.n_observations == 0 or not 1 <= epoch <= self.max_epochs:
+            raise ConfigurationError(
+                f"predict(epoch={epoch}) with method={self.method.value!r} and {self.n_observations} "
+                f"observations; expected a model-based method, at least one observation and "
+                f"1 <= epoch <= {self.max_epochs}."
+            )
+        configs = [dict(c) for c in configs]
+        known: dict[str, _Trial] = {}
+        for t in self.trials.values():
+            key = repr(sorted(t.config.items()))
+            if key not in known or len(t.curve) > len(known[key].curve):
+                known[key] = t
+        trials = [known.get(repr(sorted(c.items()))) for c in configs]
+        start_keys = [None if t is not None else self._start_key(c) for c, t in zip(configs, trials)]
+        self._fit()
+        xs = self.space.encode(configs)
+        rows = []
+        for x, t, skey in zip(xs, trials, start_keys):
+            curve = [] if t is None else t.curve[: epoch - 1]
+            wkey = skey if t is None else t.keys[len(curve)]
+            row = make_row(self.layout, x, len(curve) + 1, curve, self._emb(wkey))
+            row[self.layout.budget_col] = epoch / self.max_epochs
+            rows.append(row)
+        mean, std = self.surrogate.predict(torch.stack(rows))
+        return (mean if self.mode == "max" else -mean), std
+
     # -- internals -------------------------------------------------------------------
     def _get(self, trial_id: int) -> _Trial:
         if trial_id not in self.trials:

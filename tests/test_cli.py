@@ -40,5 +40,5 @@ def test_every_subcommand_is_wired(capsys) -> None:
 
     parser = _parser()
     for argv in (["tune"], ["status", "dir"], ["lists", "build", "--csv", "t.csv", "-k", "2", "-o", "l.yaml"],
-                 ["sweep", "--top", "2"], ["demo"], ["presets"]):
+                 ["sweep", "--top", "2"], ["demo"], ["presets"], ["bench", "report"]):
         assert callable(parser.parse_args(argv).func), argv

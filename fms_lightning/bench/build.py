@@ -1,0 +1,194 @@
+"""Build a cached benchmark: train every config of the grid for E epochs, once.
+
+Layout of a benchmark folder (``<root>/<spec.name>/``)::
+
+    meta.json                     the spec, member kwargs, build time (written last)
+    hub/<member>.safetensors      starting weights W_{i,0} of each hub member
+    configs/<k>/epoch_<e>.safetensors   W_{i,e} after epoch e (fp16 floats)
+    configs/<k>/metrics.json      per-epoch val_acc, val_loss, train_loss (written last)
+
+Every file is written atomically, and a config counts as done only when its
+``metrics.json`` exists, so a killed build continues where it stopped. Training is a
+plain seeded torch loop (SGD, as in the paper's A.4 space).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from torch import nn
+
+from fms_lightning.bench.spec import BenchSpec
+from fms_lightning.study import atomic_write
+
+__all__ = ["build_benchmark", "task_data", "member_kwargs", "config_dir"]
+
+_CNN_KWARGS = {"arch": "cnn", "c1": 8, "c2": 16}
+
+
+def member_kwargs(spec: BenchSpec, member: str) -> dict[str, Any]:
+    """Keyword arguments of :func:`fms_lightning.examples.hub_models.make` for a member."""
+    if spec.hub == "cnn":
+        return dict(_CNN_KWARGS)
+    from fms_lightning.examples.digits_hub import HUB_SPEC
+
+    return dict(HUB_SPEC[member][0])
+
+
+def _pretrain_epochs(spec: BenchSpec, member: str) -> int:
+    if spec.hub == "cnn":
+        return int(member.rsplit("-p", 1)[1])
+    from fms_lightning.examples.digits_hub import HUB_SPEC
+
+    return int(HUB_SPEC[member][1])
+
+
+def task_data(spec: BenchSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_train, y_train, x_val, y_val)`` of the target task; images `(n, 1, 8, 8)`."""
+    from fms_lightning.examples.digits_hub import digits_split
+
+    x, y = digits_split("target")  # mirrored left-right
+    if spec.task == "rotate":
+        x = np.ascontiguousarray(np.rot90(x[..., ::-1], k=1, axes=(2, 3)))  # un-mirror, then rotate 90 degrees
+    order = np.random.default_rng([spec.seed, 7]).permutation(len(y))
+    tr, va = order[: spec.n_train], order[spec.n_train :]
+    xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+    return xt[tr], yt[tr], xt[va], yt[va]
+
+
+def config_dir(root: Path, k: int) -> Path:
+    """Folder of config ``k`` inside a benchmark folder."""
+    return root / "configs" / f"{k:05d}"
+
+
+def _save(path: Path, state: dict[str, torch.Tensor], *, half: bool) -> None:
+    from safetensors.torch import save_file
+
+    out = {}
+    for name, t in state.items():
+        t = t.detach().cpu()
+        out[name] = (t.half() if half and t.is_floating_point() else t).contiguous()
+    atomic_write(path, lambda tmp: save_file(out, str(tmp)))
+
+
+def _pretrain_member(spec: BenchSpec, member: str, index: int) -> nn.Module:
+    from fms_lightning.examples.digits_hub import digits_split
+    from fms_lightning.examples.hub_models import make
+
+    seed = int(member.split("-s")[1].split("-")[0]) if spec.hub == "cnn" else index
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1000 * spec.seed + seed)
+        model = make(**member_kwargs(spec, member))
+    x_np, y_np = digits_split("pretrain")
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    gen = torch.Generator().manual_seed(1000 * spec.seed + seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    model.train()
+    for _ in range(_pretrain_epochs(spec, member)):
+        for idx in torch.randperm(len(y), generator=gen).split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model
+
+
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+        return float((logits.argmax(-1) == y).float().mean()), float(nn.functional.cross_entropy(logits, y))
+
+
+def _finetune(spec: BenchSpec, root: Path, k: int, config: dict[str, Any], data: tuple[torch.Tensor, ...]) -> None:
+    from fms_lightning.examples.hub_models import make
+    from fms_lightning.optim.module import set_dropout
+    from fms_lightning.weightspace import load_state_dict_file
+
+    x_tr, y_tr, x_va, y_va = data
+    model = make(**member_kwargs(spec, config["hub"]))
+    model.load_state_dict(load_state_dict_file(root / "hub" / f"{config['hub']}.safetensors"))
+    set_dropout(model, float(config["dropout"]))
+    opt = torch.optim.SGD(model.parameters(), lr=float(config["lr"]), momentum=float(config["momentum"]),
+                          weight_decay=float(config["weight_decay"]))
+    gen = torch.Generator().manual_seed(10_007 * spec.seed + k)
+    out: dict[str, list[float]] = {"val_acc": [], "val_loss": [], "train_loss": []}
+    cdir = config_dir(root, k)
+    for epoch in range(1, spec.epochs + 1):
+        model.train()
+        total, count = 0.0, 0
+        for idx in torch.randperm(len(y_tr), generator=gen).split(int(config["batch_size"])):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x_tr[idx]), y_tr[idx])
+            loss.backward()
+            opt.step()
+            total, count = total + float(loss.detach()) * len(idx), count + len(idx)
+        acc, vloss = _evaluate(model, x_va, y_va)
+        if not np.isfinite(vloss):  # a diverged run: chance accuracy, recorded as such
+            acc, vloss = 0.1, float("inf")
+        out["val_acc"].append(acc)
+        out["val_loss"].append(vloss if np.isfinite(vloss) else 1e9)
+        out["train_loss"].append(total / max(count, 1) if np.isfinite(total) else 1e9)
+        state = {n: torch.nan_to_num(t) if t.is_floating_point() else t for n, t in model.state_dict().items()}
+        _save(cdir / f"epoch_{epoch:03d}.safetensors", state, half=True)
+    payload = json.dumps({"config": config, **out})
+    atomic_write(cdir / "metrics.json", lambda tmp: Path(tmp).write_text(payload, encoding="utf-8"))
+
+
+def build_benchmark(spec: BenchSpec, root: str | Path, *, threads: int | None = 1, progress: bool = True,
+                    stream: TextIO = sys.stderr) -> Path:
+    """Train every config of ``spec`` and cache it under ``root/spec.name`` (resumable).
+
+    Args:
+        spec: The benchmark to build.
+        root: Folder holding benchmarks.
+        threads: ``torch.set_num_threads`` during the build (None: leave it unchanged).
+        progress: Show a progress bar over configs.
+        stream: Where progress goes.
+
+    Returns:
+        The benchmark folder.
+
+    >>> from fms_lightning.bench.spec import bench_spec
+    >>> build_benchmark(bench_spec("cnn", "mirror", "tiny"), root, progress=False)  # doctest: +SKIP
+    """
+    folder = Path(root) / spec.name
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():
+        return folder
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    try:
+        for i, member in enumerate(spec.members):
+            path = folder / "hub" / f"{member}.safetensors"
+            if not path.is_file():
+                _save(path, _pretrain_member(spec, member, i).state_dict(), half=False)
+        data = task_data(spec)
+        configs = spec.configs()
+        todo = [k for k in range(len(configs)) if not (config_dir(folder, k) / "metrics.json").is_file()]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(configs), initial=len(configs) - len(todo), unit="config",
+                       desc=f"build {spec.name}", file=stream, dynamic_ncols=True)
+        for k in todo:
+            _finetune(spec, folder, k, configs[k], data)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+    finally:
+        torch.set_num_threads(old_threads)
+    meta = {"spec": spec.to_dict(), "name": spec.name, "n_configs": len(spec.configs()),
+            "members": {m: member_kwargs(spec, m) for m in spec.members},
+            "build_seconds_last_session": round(time.perf_counter() - start, 1)}
+    atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1), encoding="utf-8"))
+    return folder

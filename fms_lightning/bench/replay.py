@@ -1,0 +1,249 @@
+"""Replay an HPO run against a cached benchmark: queries are answered from the table.
+
+One run drives an :class:`~fms_lightning.optimizer.FMSOptimizer` for ``budget`` epochs.
+Each suggestion is answered with the cached metric (and, for the fms methods, the cached
+snapshot) of the epochs it asks for, so the run costs only surrogate time. Recorded:
+
+- the regret after every epoch of budget (:func:`~fms_lightning.bench.metrics.regret_curve`);
+- the wall time spent inside ``suggest()`` (surrogate fitting and acquisition): the overhead;
+- Kendall's τ at each of ``tau_budgets`` between the surrogate's predicted final-epoch metric
+  and the true one, over every config of the benchmark. The τ of a budget b is taken right
+  after the fit on the data of the first b epochs (the fit of the next ``suggest()``), so it
+  does not change the run. For ``random``, observed final values are used and unobserved
+  configs are tied below every observed one (:func:`~fms_lightning.bench.metrics.unobserved_fill`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fms_lightning.bench.metrics import kendall_tau, regret_curve, unobserved_fill
+from fms_lightning.bench.table import Benchmark
+from fms_lightning.errors import ConfigurationError
+from fms_lightning.optimizer import FMSOptimizer, Method
+from fms_lightning.study import atomic_write
+
+__all__ = ["RunSettings", "RunResult", "VARIANTS", "run_replay", "run_grid", "variant_name"]
+
+# variant name -> (method, learning_curve)
+VARIANTS: dict[str, tuple[str, bool]] = {
+    "random": ("random", True),
+    "gp": ("gp", True),
+    "dyhpo": ("dyhpo", True),
+    "dyhpo-nocurve": ("dyhpo", False),
+    "fms-flat": ("fms-flat", True),
+    "fms-flat-nocurve": ("fms-flat", False),
+    "fms-gmn": ("fms-gmn", True),
+    "fms-gmn-nocurve": ("fms-gmn", False),
+}
+
+
+def variant_name(method: str, learning_curve: bool) -> str:
+    """``"dyhpo"`` or ``"dyhpo-nocurve"`` etc."""
+    return method if learning_curve or method in ("random", "gp") else f"{method}-nocurve"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Optimizer settings shared by every method of a benchmark run.
+
+    Args:
+        budget: Epochs of budget per run.
+        tau_budgets: Budgets at which Kendall's τ is measured.
+        n_candidates: New configs scored per suggestion.
+        initial_steps: Adam steps of the from-scratch fits (paper: 1000).
+        refine_steps: Adam steps of the warm-started refits (paper: 50).
+        pretrain_configs: Configs of the other task used to pretrain the surrogate (transfer runs).
+        pretrain_steps: Adam steps of that pretraining.
+        threads: ``torch.set_num_threads`` during the run.
+
+    Raises:
+        ConfigurationError: If a value is out of range.
+    """
+
+    budget: int = 100
+    tau_budgets: tuple[int, ...] = (50, 100)
+    n_candidates: int = 256
+    initial_steps: int = 1000
+    refine_steps: int = 50
+    pretrain_configs: int = 32
+    pretrain_steps: int = 500
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.budget < 1 or any(not 1 <= b <= self.budget for b in self.tau_budgets):
+            raise ConfigurationError(
+                f"RunSettings received budget={self.budget}, tau_budgets={self.tau_budgets}; expected "
+                f"budget >= 1 and every tau budget within [1, budget]."
+            )
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One replayed run (saved as JSON).
+
+    Args:
+        benchmark: Benchmark name.
+        variant: Method variant (see :data:`VARIANTS`), with ``+transfer`` for pretrained runs.
+        seed: Optimizer seed.
+        regret: Regret after each epoch of budget `(budget,)`.
+        tau: ``{budget: τ}``.
+        overhead_seconds: Wall time inside ``suggest()``.
+        total_seconds: Wall time of the run (including τ evaluation and loading snapshots).
+        n_trials: Configs started.
+        best_config: Config of the incumbent.
+    """
+
+    benchmark: str
+    variant: str
+    seed: int
+    regret: tuple[float, ...]
+    tau: dict[int, float] = field(default_factory=dict)
+    overhead_seconds: float = 0.0
+    total_seconds: float = 0.0
+    n_trials: int = 0
+    best_config: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """JSON text (τ keys become strings)."""
+        d = asdict(self)
+        d["tau"] = {str(k): v for k, v in self.tau.items()}
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunResult:
+        """Inverse of :meth:`to_json`."""
+        d = json.loads(text)
+        d["tau"] = {int(k): float(v) for k, v in d["tau"].items()}
+        d["regret"] = tuple(d["regret"])
+        return cls(**d)
+
+
+def _pretrain_trials(source: Benchmark, n: int, seed: int, uses_weights: bool) -> list[dict[str, Any]]:
+    picks = np.random.default_rng([seed, 99]).choice(len(source.configs), size=min(n, len(source.configs)),
+                                                     replace=False)
+    out = []
+    for k in sorted(int(p) for p in picks):
+        t: dict[str, Any] = {"config": source.configs[k], "curve": source.curves[k].tolist()}
+        if uses_weights:
+            t["weights"] = [source.snapshot(k, e) for e in range(source.epochs + 1)]
+        out.append(t)
+    return out
+
+
+def _tau(opt: FMSOptimizer, bench: Benchmark, final_seen: dict[int, float]) -> float:
+    if opt.method is Method.RANDOM:
+        pred = unobserved_fill([final_seen.get(k) for k in range(len(bench.configs))])
+    else:
+        pred = opt.predict(bench.configs)[0].numpy()
+    return kendall_tau(pred, bench.final)
+
+
+def run_replay(bench: Benchmark, variant: str, seed: int, settings: RunSettings | None = None, *,
+               pretrain_from: Benchmark | None = None) -> RunResult:
+    """Replay one HPO run of ``variant`` on ``bench``.
+
+    Args:
+        bench: The cached benchmark.
+        variant: A key of :data:`VARIANTS`.
+        seed: The optimizer's seed.
+        settings: Shared settings (default :class:`RunSettings`).
+        pretrain_from: Another task's benchmark (same hub) to pretrain the surrogate on (paper Fig. 3).
+
+    Returns:
+        The :class:`RunResult`.
+
+    Raises:
+        UnknownPresetError: For an unknown ``variant``.
+        ConfigurationError: If ``pretrain_from`` has a different search space, or is used with ``random``.
+    """
+    from fms_lightning.errors import UnknownPresetError
+
+    if variant not in VARIANTS:
+        raise UnknownPresetError(f"Unknown variant {variant!r}; expected one of {list(VARIANTS)}.")
+    settings = settings or RunSettings()
+    method, curve = VARIANTS[variant]
+    if pretrain_from is not None and (method == "random" or pretrain_from.space != bench.space):
+        raise ConfigurationError(
+            f"pretrain_from={pretrain_from.name!r} with variant {variant!r}; transfer needs a model-based "
+            f"method and a benchmark of the same hub and grid as {bench.name!r}."
+        )
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    start = time.perf_counter()
+    try:
+        opt = FMSOptimizer(
+            bench.space, max_epochs=bench.epochs, method=method, mode="max", seed=seed, learning_curve=curve,
+            n_candidates=settings.n_candidates, initial_steps=settings.initial_steps,
+            refine_steps=settings.refine_steps, graph_fn=bench.graph_fn, starting_weights_fn=bench.starting_weights,
+        )
+        if pretrain_from is not None:
+            opt.pretrain(_pretrain_trials(pretrain_from, settings.pretrain_configs, seed, opt.method.uses_weights),
+                         steps=settings.pretrain_steps)
+        values: list[float] = []
+        tau: dict[int, float] = {}
+        final_seen: dict[int, float] = {}
+        overhead, suggestion = 0.0, None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # surrogate fallbacks are counted as they are
+            while len(values) < settings.budget:
+                t0 = time.perf_counter()
+                suggestion = opt.suggest()
+                overhead += time.perf_counter() - t0
+                k = bench.index(suggestion.config)
+                done = len(opt.trials[suggestion.trial_id].curve)
+                for epoch in range(done + 1, suggestion.epoch + 1):
+                    if len(values) >= settings.budget:
+                        break
+                    w = bench.snapshot(k, epoch) if opt.method.uses_weights else None
+                    value = float(bench.curves[k, epoch - 1])
+                    opt.observe(suggestion.trial_id, epoch, value, weights=w)
+                    values.append(value)
+                    if epoch == bench.epochs:
+                        final_seen[k] = value
+                    if len(values) in settings.tau_budgets:
+                        tau[len(values)] = _tau(opt, bench, final_seen)
+        best = opt.best()
+    finally:
+        torch.set_num_threads(old_threads)
+    name = variant + ("+transfer" if pretrain_from is not None else "")
+    return RunResult(
+        benchmark=bench.name, variant=name, seed=seed,
+        regret=tuple(float(r) for r in regret_curve(values, bench.best_possible)), tau=tau,
+        overhead_seconds=round(overhead, 4), total_seconds=round(time.perf_counter() - start, 3),
+        n_trials=len(opt.trials), best_config=dict(best[1]) if best else {},
+    )
+
+
+def run_grid(bench: Benchmark, variants: Sequence[str], seeds: Sequence[int], out_dir: str | Path,
+             settings: RunSettings | None = None, *, pretrain_from: Benchmark | None = None,
+             log: Any = None) -> list[Path]:
+    """Run every (variant, seed) not yet saved under ``out_dir/<bench>/`` (resumable).
+
+    Returns:
+        The result files (existing and new).
+    """
+    paths = []
+    for seed in seeds:  # seed-major: a partial grid has every method for its first seeds
+        for variant in variants:
+            tag = variant + ("+transfer" if pretrain_from is not None else "")
+            path = Path(out_dir) / bench.name / f"{tag}-seed{seed}.json"
+            if not path.is_file():
+                result = run_replay(bench, variant, seed, settings, pretrain_from=pretrain_from)
+                text = result.to_json()
+                atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
+                if log is not None:
+                    taus = " ".join(f"tau@{b}={t:+.3f}" for b, t in sorted(result.tau.items()))
+                    print(f"[{bench.name}] {tag:<22} seed {seed}: regret {result.regret[-1]:.4f} {taus} "
+                          f"overhead {result.overhead_seconds:.1f}s", file=log, flush=True)
+            paths.append(path)
+    return paths

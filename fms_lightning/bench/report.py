@@ -1,0 +1,199 @@
+"""Summarise replayed runs: tables beside the paper's Table 1, regret plots, BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fms_lightning.bench.replay import RunResult
+from fms_lightning.study import atomic_write
+
+__all__ = ["PAPER_TABLE1", "Summary", "load_results", "summarise", "write_report"]
+
+# Kendall's tau at 50/100 epochs, FMS paper Table 1: (Simple CNN Hub, PTM Hub CIFAR-10).
+PAPER_TABLE1: dict[str, tuple[tuple[float, float], tuple[float, float] | None]] = {
+    "fms-gmn": ((0.88, 0.92), (0.87, 0.91)),
+    "fms-gmn-nocurve": ((0.80, 0.84), (0.80, 0.85)),
+    "fms-flat": ((0.78, 0.82), (0.78, 0.83)),
+    "fms-flat-nocurve": ((0.76, 0.81), (0.77, 0.82)),
+    "dyhpo": ((0.74, 0.77), (0.74, 0.78)),
+    "dyhpo-nocurve": ((0.60, 0.63), (0.62, 0.65)),
+    "gp": ((0.70, 0.73), (0.70, 0.74)),
+}
+_ORDER = ["fms-gmn", "fms-gmn-nocurve", "fms-flat", "fms-flat-nocurve", "dyhpo", "dyhpo-nocurve", "gp", "random",
+          "fms-gmn+transfer"]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean and standard error over seeds of one (benchmark, variant).
+
+    Args:
+        benchmark: Benchmark name.
+        variant: Method variant.
+        n_seeds: Number of runs.
+        tau: ``{budget: (mean, s.e.)}``.
+        regret: Mean regret after each epoch of budget.
+        regret_se: Its standard error.
+        overhead: ``(mean, s.e.)`` seconds inside ``suggest()`` per run.
+        seconds: Mean wall time per run.
+    """
+
+    benchmark: str
+    variant: str
+    n_seeds: int
+    tau: dict[int, tuple[float, float]]
+    regret: tuple[float, ...]
+    regret_se: tuple[float, ...]
+    overhead: tuple[float, float]
+    seconds: float
+
+
+def _mse(values: Sequence[float]) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    se = float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0
+    return float(v.mean()), se
+
+
+def load_results(results_dir: str | Path) -> list[RunResult]:
+    """Every ``*.json`` run under ``results_dir`` (one folder per benchmark)."""
+    return [RunResult.from_json(p.read_text(encoding="utf-8")) for p in sorted(Path(results_dir).glob("*/*.json"))]
+
+
+def summarise(results: Sequence[RunResult]) -> list[Summary]:
+    """Group runs by (benchmark, variant); mean ± s.e. over seeds.
+
+    Only the seeds that every variant of a benchmark has finished are used, so that a
+    stopped run does not compare methods on different seeds.
+    """
+    seeds: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
+    for r in results:
+        seeds[r.benchmark][r.variant].add(r.seed)
+    common = {b: set.intersection(*v.values()) for b, v in seeds.items()}
+    groups: dict[tuple[str, str], list[RunResult]] = defaultdict(list)
+    for r in results:
+        if r.seed in common[r.benchmark]:
+            groups[(r.benchmark, r.variant)].append(r)
+    out = []
+    for (bench, variant), runs in sorted(groups.items()):
+        n = min(len(r.regret) for r in runs)
+        reg = np.array([r.regret[:n] for r in runs])
+        budgets = sorted({b for r in runs for b in r.tau})
+        tau = {b: _mse([r.tau[b] for r in runs if b in r.tau]) for b in budgets}
+        se = reg.std(axis=0, ddof=1) / np.sqrt(len(runs)) if len(runs) > 1 else np.zeros(n)
+        out.append(Summary(bench, variant, len(runs), tau, tuple(reg.mean(axis=0)), tuple(se),
+                           _mse([r.overhead_seconds for r in runs]), float(np.mean([r.total_seconds for r in runs]))))
+    return out
+
+
+def _fmt(ms: tuple[float, float] | None) -> str:
+    return "–" if ms is None else f"{ms[0]:.2f} ± {ms[1]:.2f}"
+
+
+def _plot(summaries: Sequence[Summary], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s in sorted(summaries, key=lambda s: _ORDER.index(s.variant) if s.variant in _ORDER else 99):
+        x = np.arange(1, len(s.regret) + 1)
+        m, e = np.array(s.regret), np.array(s.regret_se)
+        ax.plot(x, m, label=f"{s.variant} (n={s.n_seeds})", ls="--" if "nocurve" in s.variant else "-")
+        ax.fill_between(x, m - e, m + e, alpha=0.15)
+    ax.set(xlabel="budget (epochs)", ylabel="regret (val accuracy)", title=title)
+    ax.set_yscale("symlog", linthresh=1e-2)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _tables(summaries: Sequence[Summary], plot_dir: Path, md_dir: Path) -> list[str]:
+    lines: list[str] = []
+    by_bench: dict[str, list[Summary]] = defaultdict(list)
+    for s in summaries:
+        by_bench[s.benchmark].append(s)
+    for bench, group in sorted(by_bench.items()):
+        group.sort(key=lambda s: _ORDER.index(s.variant) if s.variant in _ORDER else 99)
+        paper_col = 0 if bench.startswith("cnn") else 1
+        paper_name = "Simple CNN Hub" if paper_col == 0 else "PTM Hub CIFAR-10"
+        budgets = sorted({b for s in group for b in s.tau})
+        head = " | ".join(f"τ@{b} (ours)" for b in budgets)
+        lines += [f"### `{bench}`", "",
+                  f"| method | seeds | {head} | τ@50/100 (paper, {paper_name}) | final regret | regret@50 | "
+                  f"overhead s/run |", "|" + "---|" * (len(budgets) + 6)]
+        for s in group:
+            paper = PAPER_TABLE1.get(s.variant)
+            pv = paper[paper_col] if paper else None
+            ptxt = "–" if pv is None else f"{pv[0]:.2f} / {pv[1]:.2f}"
+            taus = " | ".join(_fmt(s.tau.get(b)) for b in budgets)
+            reg = np.array(s.regret)
+            r50 = f"{reg[49]:.3f}" if reg.size >= 50 else "–"
+            lines.append(f"| {s.variant} | {s.n_seeds} | {taus} | {ptxt} | {reg[-1]:.3f} ± {s.regret_se[-1]:.3f} | "
+                         f"{r50} | {_fmt(s.overhead)} |")
+        png = plot_dir / f"regret-{bench}.png"
+        _plot([s for s in group if "+transfer" not in s.variant], png, f"regret over budget: {bench}")
+        lines += ["", f"![regret over budget, {bench}]({Path(os.path.relpath(png, md_dir)).as_posix()})", ""]
+        ov = {s.variant: s.overhead[0] for s in group}
+        if ov.get("dyhpo") and "fms-gmn" in ov:
+            lines += [f"Overhead ratio FMS-GMN / DyHPO on `{bench}`: **{ov['fms-gmn'] / ov['dyhpo']:.2f}×** "
+                      f"(target ≤ 2×; the paper's is 16×).", ""]
+        tr = {s.variant: s for s in group}
+        if "fms-gmn+transfer" in tr and "fms-gmn" in tr:
+            a, b = tr["fms-gmn+transfer"], tr["fms-gmn"]
+            lines += ["Generalization (Fig. 3): FMS-GMN with the surrogate pretrained on the other task vs without:",
+                      "", "| variant | seeds | regret@25 | regret@50 | final regret | τ@50 | τ@100 |",
+                      "|---|---|---|---|---|---|---|"]
+            for s in (a, b):
+                reg = np.array(s.regret)
+                at = lambda i: f"{reg[i - 1]:.3f}" if reg.size >= i else "–"  # noqa: E731
+                lines.append(f"| {s.variant} | {s.n_seeds} | {at(25)} | {at(50)} | {reg[-1]:.3f} | "
+                             f"{_fmt(s.tau.get(50))} | {_fmt(s.tau.get(100))} |")
+            tpng = plot_dir / f"transfer-{bench}.png"
+            _plot([a, b], tpng, f"generalization: {bench}")
+            lines += ["", f"![generalization, {bench}]({Path(os.path.relpath(tpng, md_dir)).as_posix()})", ""]
+    return lines
+
+
+def write_report(results_dir: str | Path, out: str | Path, *, plot_dir: str | Path | None = None,
+                 cache_dir: str | Path | None = None, preamble: str = "", epilogue: str = "") -> Path:
+    """Write the benchmark report (markdown with PNG plots) from saved runs.
+
+    Args:
+        results_dir: Folder of run JSONs (``<results_dir>/<benchmark>/<variant>-seed<k>.json``).
+        out: The markdown file to write (e.g. ``BENCHMARKS.md``).
+        plot_dir: Where PNGs go (default: ``<out's folder>/docs/bench``).
+        cache_dir: Benchmark cache, to list build times from each ``meta.json``.
+        preamble: Markdown placed before the generated tables (commands, notes).
+        epilogue: Markdown placed after them (findings).
+
+    Returns:
+        The written file.
+    """
+    out = Path(out)
+    plot_dir = (Path(plot_dir) if plot_dir is not None else out.parent / "docs" / "bench").resolve()
+    summaries = summarise(load_results(results_dir))
+    lines = [preamble.rstrip(), ""] if preamble else []
+    if cache_dir is not None and Path(cache_dir).is_dir():
+        lines += ["## Benchmarks built", "", "| benchmark | configs | epochs each | build time (s, last session) |",
+                  "|---|---|---|---|"]
+        for meta_path in sorted(Path(cache_dir).glob("*/meta.json")):
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            lines.append(f"| `{meta['name']}` | {meta['n_configs']} | {meta['spec']['epochs']} | "
+                         f"{meta.get('build_seconds_last_session', '?')} |")
+        lines.append("")
+    lines += ["## Results (mean ± standard error over seeds)", ""]
+    lines += _tables(summaries, plot_dir, out.parent.resolve()) if summaries else ["No runs found.", ""]
+    if epilogue:
+        lines += [epilogue.rstrip(), ""]
+    text = "\n".join(lines)
+    return atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
