@@ -27,6 +27,7 @@ from torch import nn
 from fms_lightning.acquisition import ExpectedImprovementMF
 from fms_lightning.errors import ConfigurationError, SurrogateError
 from fms_lightning.space import SearchSpace
+from fms_lightning.study import TrialStatus  # one status vocabulary for the optimizer and the study
 from fms_lightning.surrogate.dataset import InputLayout, make_row, training_rows
 from fms_lightning.surrogate.gp import Surrogate, SurrogateConfig
 from fms_lightning.surrogate.weights import GraphFn, WeightFeaturizer, model_graph_fn
@@ -46,13 +47,6 @@ class Method(str, Enum):
     @property
     def uses_weights(self) -> bool:
         return self in (Method.FMS_GMN, Method.FMS_FLAT)
-
-
-class TrialStatus(str, Enum):
-    RUNNING = "running"
-    PAUSED = "paused"
-    COMPLETE = "complete"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -276,7 +270,7 @@ class FMSOptimizer:
         trial.curve.append(value if self.mode == "max" else -value)
         trial.keys.append(key)
         if epoch == trial.target:
-            trial.status = TrialStatus.COMPLETE if epoch >= self.max_epochs else TrialStatus.PAUSED
+            trial.status = TrialStatus.COMPLETED if epoch >= self.max_epochs else TrialStatus.PAUSED
 
     def mark_failed(self, trial_id: int, reason: str) -> None:
         """Exclude a trial from further suggestions; its observed epochs stay as data.

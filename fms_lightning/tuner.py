@@ -400,7 +400,7 @@ class FMSTuner:
                     self._tell(opt, study, t.opt_trial_id, t.trial_id)
             # Trials the optimizer handed out but that never finished: train them first.
             unfinished = [Suggestion(tid, dict(t.config), t.target) for tid, t in opt.trials.items()
-                          if t.status.value == "running"]
+                          if t.status is TrialStatus.RUNNING]
             used = self._committed_budget(study)
             failures: list[str] = []
             writer = _summary_writer(self.study_dir / "tensorboard" / "tuner")

@@ -54,7 +54,7 @@ def test_random_trains_to_max_epochs():
     opt = _opt("random")
     sugs = _drive(opt, 3)
     assert all(s.epoch == 5 for s in sugs)
-    assert all(t.status is TrialStatus.COMPLETE for t in opt.trials.values())
+    assert all(t.status is TrialStatus.COMPLETED for t in opt.trials.values())
 
 
 @pytest.mark.parametrize("method", ["gp", "dyhpo"])
