@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from fms_lightning.errors import ConfigurationError, IncompatibleWeightsError
+from fms_lightning.errors import ConfigurationError, IncompatibleWeightsError, StudyError
 from fms_lightning.weightspace.graph import parameter_graph
 
 logger = logging.getLogger(__name__)
@@ -139,24 +139,15 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
         ConfigurationError: if the file does not exist.
         IncompatibleWeightsError: if the file does not hold a mapping of tensors.
     """
+    from fms_lightning.study import load_weights_file  # the one safe loader; this adds the encoder's errors
+
     p = Path(path)
     if not p.is_file():
         raise ConfigurationError(f"Weight file {str(p)!r} does not exist. Pass the path of a saved state dict.")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return dict(load_file(str(p), device="cpu"))
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:
+        return {str(k): v for k, v in load_weights_file(p).items()}
+    except StudyError as err:
         raise IncompatibleWeightsError(
-            f"Could not load {str(p)!r} with torch.load(weights_only=True): {err}. Only plain tensors and "
-            "containers are accepted; save weights with torch.save(model.state_dict()) or safetensors."
+            f"{err} Only plain tensors and containers are accepted (torch.load(weights_only=True)); save "
+            "weights with torch.save(model.state_dict()) or safetensors."
         ) from err
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise IncompatibleWeightsError(
-            f"{str(p)!r} holds {type(obj).__name__}, expected a mapping of parameter names to tensors."
-        )
-    return {str(k): v for k, v in obj.items()}
