@@ -356,6 +356,40 @@ class FMSTuner:
                 opt.observe(opt_trial, o.epoch, o.value, weights=weights)
         study.save_tuner_state(opt.state_dict())
 
+    def _pretrain_from_recorded_runs(self, opt: FMSOptimizer, study: Study) -> int:
+        """Pretrain the surrogate on runs that ``WeightSnapshot`` recorded outside the tuner.
+
+        A run is used when its config fits the search space and its epochs are
+        contiguous from 1 (and, for the fms methods, its starting weights were
+        recorded). Returns the number of runs used.
+        """
+        from fms_lightning.errors import SearchSpaceError
+
+        runs = []
+        for t in study.trials():
+            if t.opt_trial_id is not None:
+                continue
+            obs = study.observations(t.trial_id)
+            config = {k: t.config[k] for k in self.space.names if k in t.config}
+            try:
+                self.space.validate(config)
+            except SearchSpaceError as err:
+                log.info("Not learning from recorded trial %s: %s", t.trial_id, err)
+                continue
+            if not obs or [o.epoch for o in obs] != list(range(1, len(obs) + 1)):
+                continue
+            run: dict[str, Any] = {"config": config, "curve": [o.value for o in obs]}
+            if self.method.uses_weights:
+                start = study.start_weights_path(t.trial_id)
+                if start is None or any(o.snapshot is None for o in obs):
+                    continue
+                run["weights"] = [str(study.path / start)] + [str(study.path / str(o.snapshot)) for o in obs]
+            runs.append(run)
+        if runs:
+            opt.pretrain(runs)
+            log.info("Pretrained the surrogate on %d run(s) recorded in the study.", len(runs))
+        return len(runs)
+
     def _committed_budget(self, study: Study) -> int:
         total = 0
         for t in study.trials():
@@ -395,6 +429,8 @@ class FMSTuner:
             state = study.load_tuner_state()
             if state is not None:
                 opt.load_state_dict(state)
+            else:
+                self._pretrain_from_recorded_runs(opt, study)
             for t in study.trials():  # observations committed after the last saved optimizer state
                 if t.opt_trial_id in opt.trials:
                     self._tell(opt, study, t.opt_trial_id, t.trial_id)

@@ -183,3 +183,27 @@ def test_bad_inputs_get_clear_errors(tmp_path) -> None:
                             **(common | {"monitor": "val_f1", "study_dir": tmp_path / "s2"}))
     with pytest.raises(MissingMetricError, match=r"val_f1.*val_acc"):
         never_logged.fit()
+
+
+def test_runs_recorded_by_the_callback_pretrain_the_surrogate(tmp_path) -> None:
+    """A user's ordinary Trainer.fit with WeightSnapshot feeds later tuning (fms-gmn, with weights)."""
+    import lightning.pytorch as pl
+
+    from fms_lightning.callbacks import WeightSnapshot
+
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    recorded = [({"model": "mlp8", "lr": 0.05, "batch_size": 16}, True), ({"lr": 0.05, "width": 3}, False)]
+    for config, _ in recorded:
+        module = tiny_task.TinyModule(hub["mlp8"].build(), config["lr"])
+        trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False,
+                             callbacks=[WeightSnapshot(tmp_path / "study", monitor="val_acc", config=config)])
+        trainer.fit(module, datamodule=tiny_task.TinyData())
+    tuner = _tuner(tmp_path, method="fms-gmn", budget=2)
+    with Study(tmp_path / "study") as study:
+        tuner.optimizer = opt = tuner._new_optimizer()
+        used = tuner._pretrain_from_recorded_runs(opt, study)
+    assert used == 1  # the run whose config does not fit the space is skipped
+    assert opt._pretrained
+    result = tuner.fit()  # a fresh study state: pretrains, then tunes
+    assert result.budget_used == 2
