@@ -229,6 +229,11 @@ class FMSTuner:
             return None
         return self.hub.get(config[self.space.hub_name])
 
+    def _entry_key(self, config: Mapping[str, Any]) -> str:
+        """The cache key of a config's architecture and starting weights: its hub entry."""
+        entry = self._entry(config)
+        return entry.name if entry is not None else "__fresh__"
+
     def _settings(self) -> dict[str, Any]:
         return {"space": self.space.to_dict(), "monitor": self.monitor, "mode": self.mode,
                 "max_epochs_per_trial": self.max_epochs_per_trial, "method": self.method.value, "seed": self.seed}
@@ -252,8 +257,7 @@ class FMSTuner:
 
     def _start_weights(self, config: dict[str, Any]) -> dict[str, torch.Tensor]:
         """W_{i,0} of a new config: the module built with its hub weights (cached per entry)."""
-        entry = self._entry(config)
-        key = entry.name if entry is not None else "__fresh__"
+        key = self._entry_key(config)
         if key not in self._start_cache:
             torch.manual_seed(self.seed)
             module = self._make_module(config, load_weights=True)
@@ -269,8 +273,7 @@ class FMSTuner:
         """
         from fms_lightning.weightspace import parameter_graph
 
-        entry = self._entry(config)
-        key = entry.name if entry is not None else "__fresh__"
+        key = self._entry_key(config)
         module = self._graph_modules.get(key)
         if module is None:
             module = self._graph_modules[key] = self._make_module(config, load_weights=False)
@@ -347,14 +350,18 @@ class FMSTuner:
             ckpt.unlink(missing_ok=True)
 
     def _tell(self, opt: FMSOptimizer, study: Study, opt_trial: int, study_trial: int) -> None:
-        """Feed the optimizer every committed observation of the trial it has not seen."""
+        """Feed the optimizer every committed observation of the trial it has not seen.
+
+        The optimizer's state is saved only when something was observed.
+        """
         known = len(opt.trials[opt_trial].curve)
         ckpt_epoch, _ = self._checkpoint(study_trial)
-        for o in study.observations(study_trial):
-            if known < o.epoch <= ckpt_epoch:
-                weights = str(study.path / o.snapshot) if o.snapshot else None
-                opt.observe(opt_trial, o.epoch, o.value, weights=weights)
-        study.save_tuner_state(opt.state_dict())
+        new = [o for o in study.observations(study_trial) if known < o.epoch <= ckpt_epoch]
+        for o in new:
+            weights = str(study.path / o.snapshot) if o.snapshot else None
+            opt.observe(opt_trial, o.epoch, o.value, weights=weights)
+        if new:
+            study.save_tuner_state(opt.state_dict())
 
     def _pretrain_from_recorded_runs(self, opt: FMSOptimizer, study: Study) -> int:
         """Pretrain the surrogate on runs that ``WeightSnapshot`` recorded outside the tuner.
