@@ -23,3 +23,24 @@ def pytest_configure(config: pytest.Config) -> None:
     # The tests run tiny models, for which one thread is several times faster than
     # two on a 2-core machine (no oversubscription with subprocess tests either).
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray runtime with 2 CPUs, shared by the Ray tests (skipped when Ray is missing).
+
+    Workers get the repository on ``PYTHONPATH`` so they can import test helpers
+    such as ``tests.tiny_task`` by reference, as a user's workers import their code.
+    """
+    import os
+    from pathlib import Path
+
+    ray = pytest.importorskip("ray")
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

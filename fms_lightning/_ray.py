@@ -1,0 +1,71 @@
+"""Shared Ray plumbing for the tuner's and the sweep's ``executor="ray"``.
+
+Ray is an optional extra (``pip install 'fms-lightning[ray]'``); nothing here
+imports it until a Ray executor is asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fms_lightning.errors import ConfigurationError
+
+__all__ = ["EXECUTORS", "check_executor", "ensure_ray", "is_lost_worker", "require_ray"]
+
+EXECUTORS = ("local", "ray")
+
+
+def check_executor(executor: str, max_concurrent: int) -> None:
+    """Validate ``executor`` and ``max_concurrent`` (shared by the tuner and the sweep).
+
+    Raises:
+        ConfigurationError: For an unknown executor, or ``max_concurrent`` that is
+            not a positive integer (or above 1 with the local executor).
+    """
+    if executor not in EXECUTORS:
+        raise ConfigurationError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}.")
+    if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or max_concurrent < 1:
+        raise ConfigurationError(f"max_concurrent must be an integer >= 1, got {max_concurrent!r}.")
+
+
+def require_ray() -> Any:
+    """Import and return the ``ray`` module.
+
+    Raises:
+        ConfigurationError: If Ray is not installed (the message says how to get it).
+    """
+    try:
+        import ray
+    except ImportError as err:
+        raise ConfigurationError(
+            "executor='ray' needs Ray, which is not installed. Install the extra with "
+            "pip install 'fms-lightning[ray]' (or pip install ray), or use executor='local'."
+        ) from err
+    return ray
+
+
+def ensure_ray(address: str | None = None) -> bool:
+    """Connect to Ray unless already connected; returns whether this call started it.
+
+    With ``address=None`` and no ``RAY_ADDRESS`` set, Ray starts a local runtime
+    sized to this machine. Call ``ray.init(...)`` yourself first to choose the
+    cluster or the number of CPUs; it is then used as it is.
+    """
+    ray = require_ray()
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def is_lost_worker(err: BaseException) -> bool:
+    """Whether ``err`` means the worker or node went away (not that the task raised).
+
+    Such a task is re-run from its last committed state; an exception raised by
+    the task's own code is a failure of the trial instead.
+    """
+    import ray.exceptions as rex
+
+    lost = (rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError, rex.OwnerDiedError,
+            rex.LocalRayletDiedError, rex.ActorDiedError, rex.TaskUnschedulableError)
+    return isinstance(err, lost) and not isinstance(err, rex.RayTaskError)
