@@ -99,9 +99,7 @@ class WeightSnapshot(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or not trainer.is_global_zero:
             return
-        if self._study is None:
-            self._study = Study(Path(self._study_arg))  # type: ignore[arg-type]
-            self._owns_study = True
+        self._open()
         if self._worker is None:
             self._error = None
             self._worker = threading.Thread(target=self._drain, name="WeightSnapshot-writer", daemon=True)
@@ -110,22 +108,44 @@ class WeightSnapshot(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Runs after a checkpoint was restored, so a resumed run keeps its trial.
-        trial_id = None
-        if trainer.is_global_zero:
-            assert self._study is not None
-            if self.trial_id is None:
-                config = self.config or dict(getattr(pl_module, "hparams", {}) or {})
-                self.trial_id = self._study.add_trial(
-                    config, self.hub_entry, source="callback", status=TrialStatus.RUNNING
-                )
-            trial_id = self.trial_id
+        trial_id = self._resolve_trial(pl_module) if trainer.is_global_zero else None
         # All ranks agree on the trial being recorded.
         self.trial_id = trainer.strategy.broadcast(trial_id, src=0)
         if not (self.save_start_weights and trainer.is_global_zero and trainer.current_epoch == 0):
             return
-        assert self._study is not None and self.trial_id is not None
-        if self._study.start_weights_path(self.trial_id) is None and self._study.last_epoch(self.trial_id) == 0:
+        if self._needs_start_weights():
             self._enqueue(0, None, {}, 0.0, pl_module)
+
+    # Where records go. Subclasses that record elsewhere (e.g. the tuner's workers,
+    # which write files only and leave the rows to the driver) override these four.
+    def _open(self) -> None:
+        """Open the study (rank zero, at set-up)."""
+        if self._study is None:
+            self._study = Study(Path(self._study_arg))  # type: ignore[arg-type]
+            self._owns_study = True
+
+    def _resolve_trial(self, pl_module: pl.LightningModule) -> int:
+        """The trial to record into (rank zero): the given one, or a new trial of the study."""
+        assert self._study is not None
+        if self.trial_id is None:
+            config = self.config or dict(getattr(pl_module, "hparams", {}) or {})
+            self.trial_id = self._study.add_trial(config, self.hub_entry, source="callback", status=TrialStatus.RUNNING)
+        return self.trial_id
+
+    def _needs_start_weights(self) -> bool:
+        """Whether ``W_{i,0}`` still has to be stored (a fresh trial with none recorded)."""
+        assert self._study is not None and self.trial_id is not None
+        return self._study.start_weights_path(self.trial_id) is None and self._study.last_epoch(self.trial_id) == 0
+
+    def _write(self, epoch: int, value: float | None, metrics: dict[str, float], wall: float,
+               weights: dict[str, torch.Tensor]) -> None:
+        """Store one record (on the writer thread): the snapshot file, then its row."""
+        assert self._study is not None and self.trial_id is not None
+        path = self._study.save_snapshot(self.trial_id, epoch, weights, fp16=self.fp16)
+        if epoch > 0:
+            assert value is not None
+            self._study.add_observation(self.trial_id, epoch, value, metrics=metrics, snapshot=path,
+                                        wall_time=wall, contiguous=self.every_n_epochs == 1)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -167,14 +187,9 @@ class WeightSnapshot(Callback):
             try:
                 if item is None:
                     return
-                epoch, value, metrics, wall, weights = item
                 if self._error is not None:
                     continue  # keep draining so flush() returns; the error is re-raised there
-                assert self._study is not None and self.trial_id is not None
-                path = self._study.save_snapshot(self.trial_id, epoch, weights, fp16=self.fp16)
-                if epoch > 0:
-                    self._study.add_observation(self.trial_id, epoch, value, metrics=metrics, snapshot=path,
-                                                wall_time=wall, contiguous=self.every_n_epochs == 1)
+                self._write(*item)
             except BaseException as err:  # noqa: BLE001 - surfaced on the training thread
                 self._error = err
             finally:

@@ -7,7 +7,8 @@ A study is a folder::
       .lock                   single-writer lock (flock), holds the writer's pid
       snapshots/trial_00001/epoch_0000.safetensors   W_{i,0}: the starting weights
       snapshots/trial_00001/epoch_0003.safetensors   W_{i,3}: weights after epoch 3
-      checkpoints/...         Lightning checkpoints (written by the tuner)
+      checkpoints/...         Lightning checkpoints (written by the tuner or its workers;
+                              the ``checkpoints`` table names each trial's committed one)
 
 Durability: files are written to a temporary name, fsynced and renamed into
 place; rows are written in transactions, and a row that names a file is only
@@ -29,7 +30,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS observations (
     PRIMARY KEY (trial_id, epoch)
 );
 CREATE TABLE IF NOT EXISTS start_weights (trial_id INTEGER PRIMARY KEY REFERENCES trials(trial_id), snapshot TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (trial_id INTEGER PRIMARY KEY REFERENCES trials(trial_id), epoch INTEGER NOT NULL, path TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tuner_state (id INTEGER PRIMARY KEY CHECK (id = 0), state BLOB NOT NULL, updated REAL NOT NULL);
 """
 
@@ -163,6 +165,23 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise StudyError(f"Weight file {str(path)!r} does not hold a mapping of names to tensors.")
     return dict(state)
+
+
+def snapshot_relpath(trial_id: int, epoch: int) -> str:
+    """Where ``W_{trial,epoch}`` lives, relative to a study (or storage) folder."""
+    return f"snapshots/trial_{int(trial_id):05d}/epoch_{int(epoch):04d}.safetensors"
+
+
+def write_snapshot_file(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str], *,
+                        fp16: bool = False) -> None:
+    """Write a state_dict as safetensors at ``path`` (floating tensors as float16 when ``fp16``)."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for k, v in state_dict.items():
+        t = v.detach().to("cpu", copy=True).contiguous()
+        tensors[k] = t.half() if fp16 and t.is_floating_point() else t
+    save_file(tensors, str(path))
 
 
 def _json_default(obj: Any) -> Any:
@@ -358,28 +377,36 @@ class Study:
         Raises:
             StudyError: For a gap in the epochs, a non-finite value or an unknown trial.
         """
+        with self._transaction() as cur:
+            return self._insert_observation(cur, trial_id, epoch, value, metrics=metrics, snapshot=snapshot,
+                                            wall_time=wall_time, contiguous=contiguous)
+
+    def _insert_observation(
+        self, cur: sqlite3.Cursor, trial_id: int, epoch: int, value: float, *,
+        metrics: Mapping[str, float] | None = None, snapshot: str | None = None, wall_time: float = 0.0,
+        contiguous: bool = True,
+    ) -> Observation:
         epoch, value = int(epoch), float(value)
         if not math.isfinite(value):
             raise StudyError(f"Trial {trial_id} epoch {epoch}: the monitored value {value} is not finite.")
         clean = {k: float(v) for k, v in (metrics or {}).items()}
         now = time.time()
-        with self._transaction() as cur:
-            if cur.execute("SELECT 1 FROM trials WHERE trial_id = ?", (int(trial_id),)).fetchone() is None:
-                raise StudyError(f"No trial {trial_id} in the study at {str(self.path)!r}.")
-            last = cur.execute("SELECT MAX(epoch) FROM observations WHERE trial_id = ?", (int(trial_id),)).fetchone()[0]
-            last = int(last or 0)
-            ok = epoch in (last, last + 1) if contiguous else epoch >= last
-            if not ok or epoch < 1:
-                expected = f"the next must be {last + 1}" if contiguous else f"epochs must increase from {last}"
-                raise StudyError(
-                    f"Trial {trial_id}: cannot record epoch {epoch}; the last recorded epoch is {last}, so {expected}."
-                )
-            cur.execute(
-                "INSERT OR REPLACE INTO observations(trial_id, epoch, value, metrics, snapshot, wall_time, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (int(trial_id), epoch, value, json.dumps(clean, sort_keys=True), snapshot, float(wall_time), now),
+        if cur.execute("SELECT 1 FROM trials WHERE trial_id = ?", (int(trial_id),)).fetchone() is None:
+            raise StudyError(f"No trial {trial_id} in the study at {str(self.path)!r}.")
+        last = cur.execute("SELECT MAX(epoch) FROM observations WHERE trial_id = ?", (int(trial_id),)).fetchone()[0]
+        last = int(last or 0)
+        ok = epoch in (last, last + 1) if contiguous else epoch >= last
+        if not ok or epoch < 1:
+            expected = f"the next must be {last + 1}" if contiguous else f"epochs must increase from {last}"
+            raise StudyError(
+                f"Trial {trial_id}: cannot record epoch {epoch}; the last recorded epoch is {last}, so {expected}."
             )
-            cur.execute("UPDATE trials SET updated = ? WHERE trial_id = ?", (now, int(trial_id)))
+        cur.execute(
+            "INSERT OR REPLACE INTO observations(trial_id, epoch, value, metrics, snapshot, wall_time, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (int(trial_id), epoch, value, json.dumps(clean, sort_keys=True), snapshot, float(wall_time), now),
+        )
+        cur.execute("UPDATE trials SET updated = ? WHERE trial_id = ?", (now, int(trial_id)))
         return Observation(int(trial_id), epoch, value, clean, snapshot, float(wall_time), now)
 
     def observations(self, trial_id: int | None = None) -> list[Observation]:
@@ -417,10 +444,45 @@ class Study:
             return None
         return (max if mode == "max" else min)(obs, key=lambda o: o.value)
 
+    def commit_segment(
+        self, trial_id: int, observations: Sequence[Mapping[str, Any]], *, start_snapshot: str | None = None,
+        checkpoint: tuple[int, str] | None = None,
+    ) -> None:
+        """Record a trained segment in one transaction: its rows and its checkpoint, or none of them.
+
+        The snapshot files the rows name must already be durable.
+
+        Args:
+            trial_id: The trial.
+            observations: Per epoch, in order: ``epoch``, ``value``, and optionally
+                ``metrics``, ``snapshot`` and ``wall_time``.
+            start_snapshot: The file of ``W_{trial,0}``, for a segment that started the trial.
+            checkpoint: ``(epoch, path)`` of the Lightning checkpoint to resume from next.
+
+        Raises:
+            StudyError: For a gap in the epochs, a non-finite value or an unknown trial
+                (and nothing is recorded).
+        """
+        with self._transaction() as cur:
+            if start_snapshot is not None:
+                cur.execute("INSERT OR REPLACE INTO start_weights(trial_id, snapshot) VALUES (?, ?)",
+                            (int(trial_id), start_snapshot))
+            for o in observations:
+                self._insert_observation(cur, trial_id, o["epoch"], o["value"], metrics=o.get("metrics"),
+                                         snapshot=o.get("snapshot"), wall_time=o.get("wall_time", 0.0))
+            if checkpoint is not None:
+                cur.execute("INSERT OR REPLACE INTO checkpoints(trial_id, epoch, path) VALUES (?, ?, ?)",
+                            (int(trial_id), int(checkpoint[0]), str(checkpoint[1])))
+
+    def checkpoint(self, trial_id: int) -> tuple[int, str] | None:
+        """``(epoch, path)`` of the trial's committed checkpoint, or ``None``."""
+        rows = self._query("SELECT epoch, path FROM checkpoints WHERE trial_id = ?", (int(trial_id),))
+        return (int(rows[0][0]), str(rows[0][1])) if rows else None
+
     # ------------------------------------------------------------------ snapshots
     def snapshot_path(self, trial_id: int, epoch: int) -> str:
         """Where ``W_{trial,epoch}`` lives, relative to the study folder."""
-        return f"snapshots/trial_{int(trial_id):05d}/epoch_{int(epoch):04d}.safetensors"
+        return snapshot_relpath(trial_id, epoch)
 
     def save_snapshot(
         self, trial_id: int, epoch: int, state_dict: Mapping[str, torch.Tensor], *, fp16: bool = False
@@ -430,14 +492,8 @@ class Study:
         ``epoch=0`` is the starting weights and is also recorded in the study.
         Floating tensors are stored in float16 when ``fp16``.
         """
-        from safetensors.torch import save_file
-
-        tensors = {}
-        for k, v in state_dict.items():
-            t = v.detach().to("cpu", copy=True).contiguous()
-            tensors[k] = t.half() if fp16 and t.is_floating_point() else t
         rel = self.snapshot_path(trial_id, epoch)
-        atomic_write(self.path / rel, lambda tmp: save_file(tensors, str(tmp)))
+        atomic_write(self.path / rel, lambda tmp: write_snapshot_file(state_dict, tmp, fp16=fp16))
         if int(epoch) == 0:
             with self._transaction() as cur:
                 cur.execute("INSERT OR REPLACE INTO start_weights(trial_id, snapshot) VALUES (?, ?)", (int(trial_id), rel))

@@ -18,60 +18,31 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from torch import nn
 
-from fms_lightning.callbacks.trial_guards import EpochSeeder, NonFiniteLossGuard
-from fms_lightning.callbacks.weight_snapshot import WeightSnapshot
-from fms_lightning.errors import ConfigurationError, FMSError, MissingMetricError, TrialFailedError
+from fms_lightning.errors import ConfigurationError, FMSError, TrialFailedError
+from fms_lightning.executors import LocalExecutor, LostWorker, RayExecutor
 from fms_lightning.hub import HubEntry, ModelHub
 from fms_lightning.optimizer import FMSOptimizer, Method, Suggestion
 from fms_lightning.result import TuneResult, leaderboard, plot_study
+from fms_lightning.segment import (
+    BuildFn, DataModuleLike, SegmentResult, SegmentRunner, SegmentSpec, load_hub_weights, quiet_lightning,
+)
 from fms_lightning.space import SearchSpace
-from fms_lightning.study import Study, TrialStatus, atomic_write
+from fms_lightning.storage import Storage
+from fms_lightning.study import Study, TrialStatus
 
 __all__ = ["FMSTuner", "load_hub_weights"]
 
 log = logging.getLogger(__name__)
-
-BuildFn = Callable[[dict[str, Any], HubEntry | None], pl.LightningModule]
-DataModuleLike = pl.LightningDataModule | Callable[[dict[str, Any]], pl.LightningDataModule]
-
-
-def load_hub_weights(module: nn.Module, state: Mapping[str, torch.Tensor], *, entry: str = "") -> str:
-    """Load a hub entry's weights into the submodule of ``module`` whose parameter names match.
-
-    The hub model is usually an attribute of the LightningModule (``self.model``);
-    the first submodule (in ``named_modules`` order, the module itself first)
-    whose ``state_dict`` keys equal the hub file's keys receives them.
-
-    Returns:
-        The qualified name of the submodule that was loaded (``""`` for the root).
-
-    Raises:
-        ConfigurationError: If no submodule has exactly the hub file's keys.
-    """
-    keys = set(state)
-    for name, sub in module.named_modules():
-        if set(sub.state_dict()) == keys:
-            sub.load_state_dict(dict(state))
-            return name
-    sample = sorted(keys)[:3]
-    raise ConfigurationError(
-        f"build() returned a {type(module).__name__} with no submodule whose parameters match hub entry "
-        f"{entry!r} (keys such as {sample}). Make build(config, hub_entry) hold the model built by "
-        "hub_entry.build(load_weights=False) as an attribute, e.g. self.model."
-    )
-
 
 class _NullWriter:
     def add_scalar(self, *args: Any, **kwargs: Any) -> None:
@@ -94,29 +65,6 @@ def _summary_writer(path: Path) -> Any:
     return SummaryWriter(str(path))
 
 
-class _BuildError(ConfigurationError):
-    """build() broke its contract: no trial can succeed, so the study stops."""
-
-
-_FatalError = (_BuildError, MissingMetricError)
-
-
-@contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", module=r"lightning(\..*)?")
-        warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec|ckpt_path).*")
-        try:
-            yield
-        finally:
-            for lg, lvl in zip(loggers, levels):
-                lg.setLevel(lvl)
-
-
 class FMSTuner:
     """Tune hyperparameters and the choice of pretrained model with FMS on Lightning.
 
@@ -135,7 +83,8 @@ class FMSTuner:
         max_epochs_per_trial: The longest any trial trains; also the schedule
             horizon (``NAdamWListModule`` gets ``total_epochs`` set to it).
         method: ``"fms-gmn"``, ``"fms-flat"``, ``"dyhpo"``, ``"gp"`` or ``"random"``.
-        study_dir: The study folder (created, or continued when it exists).
+        study_dir: The study folder (created, or continued when it exists). It
+            holds the study's rows; only this process writes them.
         seed: Seeds the optimizer and every trial's training epochs.
         trainer_kwargs: Extra ``lightning.Trainer`` arguments (e.g. ``accelerator``).
         optimizer_kwargs: Extra :class:`~fms_lightning.optimizer.FMSOptimizer`
@@ -143,10 +92,25 @@ class FMSTuner:
         progress: Show a progress bar over the budget.
         max_consecutive_failures: Stop with an error after this many trials in a
             row fail.
+        executor: ``"local"`` trains one segment at a time in this process;
+            ``"ray"`` trains up to ``max_concurrent`` at once as Ray tasks (needs
+            ``pip install 'fms-lightning[ray]'``). Suggestions are pending-aware, so
+            parallel segments spread out.
+        max_concurrent: Segments in flight at once (``executor="ray"`` only).
+        storage: Where checkpoints, snapshots and trial logs are written: a local
+            path or an fsspec URL that every worker can reach. Default: ``study_dir``.
+            Snapshots are also copied into ``study_dir``, which stays self-contained.
+        ray_address: The cluster to connect to when Ray is not yet initialised
+            (``None``: ``RAY_ADDRESS``, else a local runtime). Call ``ray.init``
+            yourself for other options.
+        resources_per_trial: Ray resources per segment, default ``{"num_cpus": 1}``
+            (e.g. ``{"num_cpus": 2, "num_gpus": 1}``).
+        max_lost_worker_retries: How often one segment is re-run after its worker
+            or node died, before its trial is failed.
 
     Raises:
-        ConfigurationError: For a bad mode, budget, method, or a hub dimension
-            without a hub (each message says what was expected).
+        ConfigurationError: For a bad mode, budget, method, executor, or a hub
+            dimension without a hub (each message says what was expected).
 
     >>> tuner = FMSTuner(build, dm, space, hub, monitor="val_acc", mode="max",  # doctest: +SKIP
     ...                  budget_epochs=40, max_epochs_per_trial=10, study_dir="runs/study")
@@ -172,7 +136,15 @@ class FMSTuner:
         optimizer_kwargs: Mapping[str, Any] | None = None,
         progress: bool = True,
         max_consecutive_failures: int = 5,
+        executor: Literal["local", "ray"] = "local",
+        max_concurrent: int = 1,
+        storage: str | os.PathLike[str] | None = None,
+        ray_address: str | None = None,
+        resources_per_trial: Mapping[str, Any] | None = None,
+        max_lost_worker_retries: int = 3,
     ) -> None:
+        from fms_lightning._ray import check_executor
+
         if not callable(build):
             raise ConfigurationError(f"build must be callable as build(config, hub_entry), got {build!r}.")
         if not (isinstance(datamodule, pl.LightningDataModule) or callable(datamodule)):
@@ -195,6 +167,14 @@ class FMSTuner:
             Method(method)
         except ValueError:
             raise ConfigurationError(f"Unknown method {method!r}; expected one of {[m.value for m in Method]}.") from None
+        check_executor(executor, max_concurrent)
+        if executor == "local" and max_concurrent != 1:
+            raise ConfigurationError(
+                f"max_concurrent={max_concurrent} needs executor='ray'; the local executor trains one segment at a time."
+            )
+        if isinstance(max_lost_worker_retries, bool) or not isinstance(max_lost_worker_retries, int) \
+                or max_lost_worker_retries < 0:
+            raise ConfigurationError(f"max_lost_worker_retries must be an integer >= 0, got {max_lost_worker_retries!r}.")
         if space.hub_name is not None:
             if hub is None:
                 raise ConfigurationError(
@@ -203,8 +183,6 @@ class FMSTuner:
             missing = [v for v in space[space.hub_name].values if v not in hub.names]  # type: ignore[attr-defined]
             if missing:
                 raise ConfigurationError(f"Hub dimension values {missing} are not entries of the hub {hub.names}.")
-        self.build = build
-        self.datamodule = datamodule
         self.space = space
         self.hub = hub
         self.monitor = monitor
@@ -214,20 +192,27 @@ class FMSTuner:
         self.method = Method(method)
         self.study_dir = Path(study_dir)
         self.seed = int(seed)
-        self.trainer_kwargs = dict(trainer_kwargs or {})
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
         self.progress = progress
         self.max_consecutive_failures = int(max_consecutive_failures)
+        self.executor = executor
+        self.max_concurrent = max_concurrent
+        self.ray_address = ray_address
+        self.resources_per_trial = dict(resources_per_trial or {})
+        self.max_lost_worker_retries = max_lost_worker_retries
+        self.storage = Storage(storage if storage is not None else self.study_dir)
+        self.runner = SegmentRunner(build, datamodule, hub, space.hub_name, monitor, self.seed, max_epochs_per_trial,
+                                    self.storage, dict(trainer_kwargs or {}))
         self._start_cache: dict[str, dict[str, torch.Tensor]] = {}
         self._graph_modules: dict[str, pl.LightningModule] = {}
         self.study: Study | None = None
         self.optimizer: FMSOptimizer | None = None
+        #: The segments trained by the last :meth:`fit` call, in the order they finished.
+        self.segments: list[SegmentResult] = []
 
     # ------------------------------------------------------------------ helpers
     def _entry(self, config: Mapping[str, Any]) -> HubEntry | None:
-        if self.space.hub_name is None or self.hub is None:
-            return None
-        return self.hub.get(config[self.space.hub_name])
+        return self.runner.entry(config)
 
     def _entry_key(self, config: Mapping[str, Any]) -> str:
         """The cache key of a config's architecture and starting weights: its hub entry."""
@@ -238,29 +223,12 @@ class FMSTuner:
         return {"space": self.space.to_dict(), "monitor": self.monitor, "mode": self.mode,
                 "max_epochs_per_trial": self.max_epochs_per_trial, "method": self.method.value, "seed": self.seed}
 
-    def _make_module(self, config: dict[str, Any], *, load_weights: bool) -> pl.LightningModule:
-        entry = self._entry(config)
-        module = self.build(dict(config), entry)
-        if not isinstance(module, pl.LightningModule):
-            raise _BuildError(
-                f"build(config, hub_entry) must return a LightningModule, got {type(module).__name__}."
-            )
-        if hasattr(module, "total_epochs") and hasattr(module, "schedule_horizon"):
-            module.total_epochs = self.max_epochs_per_trial  # NAdamWListModule: the whole trial is the horizon
-            module.total_steps = None
-        if load_weights and entry is not None and entry.weights is not None:
-            try:
-                load_hub_weights(module, entry.state_dict(), entry=entry.name)
-            except ConfigurationError as err:
-                raise _BuildError(str(err)) from err
-        return module
-
     def _start_weights(self, config: dict[str, Any]) -> dict[str, torch.Tensor]:
         """W_{i,0} of a new config: the module built with its hub weights (cached per entry)."""
         key = self._entry_key(config)
         if key not in self._start_cache:
             torch.manual_seed(self.seed)
-            module = self._make_module(config, load_weights=True)
+            module = self.runner.make_module(config, load_weights=True)
             self._start_cache[key] = {k: v.detach().clone() for k, v in module.state_dict().items()}
         return self._start_cache[key]
 
@@ -276,33 +244,17 @@ class FMSTuner:
         key = self._entry_key(config)
         module = self._graph_modules.get(key)
         if module is None:
-            module = self._graph_modules[key] = self._make_module(config, load_weights=False)
+            module = self._graph_modules[key] = self.runner.make_module(config, load_weights=False)
         example = getattr(module, "example_input_array", None)
         return parameter_graph(module, state_dict, example_input=example)
 
-    def _datamodule(self, config: dict[str, Any]) -> pl.LightningDataModule:
-        if isinstance(self.datamodule, pl.LightningDataModule):
-            return self.datamodule
-        dm = self.datamodule(dict(config))
-        if not isinstance(dm, pl.LightningDataModule):
-            raise ConfigurationError(f"datamodule(config) must return a LightningDataModule, got {type(dm).__name__}.")
-        return dm
+    @staticmethod
+    def _checkpoint(study: Study, study_trial: int) -> tuple[int, str | None]:
+        """(epoch, storage path) of the trial's committed checkpoint, or (0, None)."""
+        found = study.checkpoint(study_trial)
+        return found if found is not None else (0, None)
 
-    def _checkpoint_dir(self, study_trial: int) -> Path:
-        return self.study_dir / "checkpoints" / f"trial_{study_trial:05d}"
-
-    def _checkpoint(self, study_trial: int) -> tuple[int, Path | None]:
-        """(epoch, path) of the trial's last complete Lightning checkpoint, or (0, None)."""
-        folder = self._checkpoint_dir(study_trial)
-        best = (0, None)
-        for p in folder.glob("epoch_*.ckpt") if folder.is_dir() else []:
-            with contextlib.suppress(ValueError):
-                epoch = int(p.stem.split("_")[1])
-                if epoch > best[0]:
-                    best = (epoch, p)
-        return best
-
-    # ------------------------------------------------------------------ the loop
+    # ------------------------------------------------------------------ segments
     def _new_optimizer(self) -> FMSOptimizer:
         kwargs = dict(self.optimizer_kwargs)
         if self.method.uses_weights:
@@ -311,43 +263,41 @@ class FMSTuner:
         return FMSOptimizer(self.space, max_epochs=self.max_epochs_per_trial, method=self.method.value,
                             mode=self.mode, seed=self.seed, **kwargs)
 
-    def _train_segment(self, study: Study, study_trial: int, config: dict[str, Any], target: int) -> None:
-        """Train ``study_trial`` from its last complete checkpoint up to ``target`` epochs.
+    def _spec(self, study: Study, study_trial: int, opt_trial: int, config: dict[str, Any], target: int) -> SegmentSpec:
+        epoch, path = self._checkpoint(study, study_trial)
+        return SegmentSpec(study_trial, opt_trial, dict(config), epoch, target, path)
 
-        The new epochs are committed when their checkpoint is saved (atomically).
+    def _commit(self, study: Study, result: SegmentResult) -> None:
+        """Record a finished segment in the study, in one transaction (the driver is the only writer).
+
+        Snapshot files written to another storage are first copied into the study folder.
         """
-        ckpt_epoch, ckpt = self._checkpoint(study_trial)
-        # Observations past the last checkpoint were not committed: they are retrained (and replaced).
-        # Seeded exactly as in _start_weights, so parameters the hub does not cover start
-        # from the same values that the optimizer was told are W_{i,0}.
-        torch.manual_seed(self.seed)
-        module = self._make_module(config, load_weights=ckpt is None)
-        from lightning.pytorch.loggers import TensorBoardLogger
+        sid = result.spec.study_trial
+        for rel in [r.snapshot for r in result.records] + ([result.start_snapshot] if result.start_snapshot else []):
+            self.storage.copy_to(rel, study.path / rel)
+        checkpoint = (result.spec.target, result.checkpoint) if result.checkpoint is not None else None
+        study.commit_segment(sid, [r.as_row() for r in result.records], start_snapshot=result.start_snapshot,
+                             checkpoint=checkpoint)
+        if result.checkpoint is not None:  # older checkpoints of the trial are no longer needed
+            folder = result.checkpoint.rsplit("/", 1)[0]
+            for rel in self.storage.list(folder):
+                if rel != result.checkpoint:
+                    with contextlib.suppress(OSError):
+                        self.storage.delete(rel)
 
-        snapshot = WeightSnapshot(study, monitor=self.monitor, trial_id=study_trial, save_start_weights=True)
-        logger = TensorBoardLogger(str(self.study_dir / "tensorboard"), name="trials", version=f"trial_{study_trial:05d}",
-                                   default_hp_metric=False)
-        kwargs = {
-            "accelerator": "cpu", "logger": logger, "enable_progress_bar": False, "enable_model_summary": False,
-            "enable_checkpointing": False, "num_sanity_val_steps": 0, "deterministic": True, "log_every_n_steps": 1,
-        } | self.trainer_kwargs
-        kwargs["callbacks"] = [snapshot, EpochSeeder(self.seed, f"trial-{study_trial}", first_epoch=ckpt_epoch), NonFiniteLossGuard(),
-                               *kwargs.get("callbacks", [])]
-        kwargs["max_epochs"] = target
+    def _train_segment(self, study: Study, study_trial: int, config: dict[str, Any], target: int) -> SegmentResult:
+        """Train ``study_trial`` up to ``target`` epochs in this process and commit it.
+
+        Raises:
+            TrialFailedError: If the trial failed (its epochs before the failure are committed).
+        """
+        spec = self._spec(study, study_trial, study.trial(study_trial).opt_trial_id or 0, config, target)
         study.set_status(study_trial, TrialStatus.RUNNING)
-        with _quiet_lightning():
-            trainer = pl.Trainer(**kwargs)
-            trainer.fit(module, datamodule=self._datamodule(config), ckpt_path=str(ckpt) if ckpt else None,
-                        weights_only=True)
-        if trainer.interrupted:
-            raise KeyboardInterrupt
-        if trainer.current_epoch < target:
-            raise TrialFailedError(f"training stopped at epoch {trainer.current_epoch} before epoch {target}")
-        # The checkpoint is the commit point of the new epochs.
-        path = self._checkpoint_dir(study_trial) / f"epoch_{target:04d}.ckpt"
-        atomic_write(path, lambda tmp: trainer.save_checkpoint(tmp, weights_only=False))
-        if ckpt is not None and ckpt != path:
-            ckpt.unlink(missing_ok=True)
+        result = self.runner.run(spec)
+        self._commit(study, result)
+        if result.error is not None:
+            raise TrialFailedError(result.error)
+        return result
 
     def _tell(self, opt: FMSOptimizer, study: Study, opt_trial: int, study_trial: int) -> None:
         """Feed the optimizer every committed observation of the trial it has not seen.
@@ -355,8 +305,7 @@ class FMSTuner:
         The optimizer's state is saved only when something was observed.
         """
         known = len(opt.trials[opt_trial].curve)
-        ckpt_epoch, _ = self._checkpoint(study_trial)
-        new = [o for o in study.observations(study_trial) if known < o.epoch <= ckpt_epoch]
+        new = [o for o in study.observations(study_trial) if o.epoch > known]
         for o in new:
             weights = str(study.path / o.snapshot) if o.snapshot else None
             opt.observe(opt_trial, o.epoch, o.value, weights=weights)
@@ -397,18 +346,45 @@ class FMSTuner:
             log.info("Pretrained the surrogate on %d run(s) recorded in the study.", len(runs))
         return len(runs)
 
-    def _committed_budget(self, study: Study) -> int:
-        total = 0
-        for t in study.trials():
-            if t.opt_trial_id is not None:
-                total += min(study.last_epoch(t.trial_id), self._checkpoint(t.trial_id)[0])
-        return total
+    @staticmethod
+    def _committed_budget(study: Study) -> int:
+        """Epochs trained and committed by the tuner's trials (failed trials' epochs included)."""
+        return sum(study.last_epoch(t.trial_id) for t in study.trials() if t.opt_trial_id is not None)
 
+    def _restore(self, opt: FMSOptimizer, study: Study) -> list[Suggestion]:
+        """Bring the optimizer up to date with the study; returns the suggestions still to train."""
+        state = study.load_tuner_state()
+        if state is not None:
+            opt.load_state_dict(state)
+        else:
+            self._pretrain_from_recorded_runs(opt, study)
+        for t in study.trials():  # what was committed after the last saved optimizer state
+            if t.opt_trial_id not in opt.trials:
+                continue
+            self._tell(opt, study, t.opt_trial_id, t.trial_id)
+            status = opt.trials[t.opt_trial_id].status
+            if t.status is TrialStatus.FAILED and status is not TrialStatus.FAILED:
+                opt.mark_failed(t.opt_trial_id, t.reason or "failed")
+                study.save_tuner_state(opt.state_dict())
+            elif status is not TrialStatus.RUNNING and t.status is TrialStatus.RUNNING:
+                study.set_status(t.trial_id, status)
+        # Trials the optimizer handed out but that never finished: train them first.
+        return [Suggestion(tid, dict(t.config), t.target) for tid, t in opt.trials.items()
+                if t.status is TrialStatus.RUNNING]
+
+    def _make_executor(self) -> LocalExecutor | RayExecutor:
+        if self.executor == "ray":
+            return RayExecutor(self.runner, self.max_concurrent, address=self.ray_address,
+                               resources=self.resources_per_trial)
+        return LocalExecutor(self.runner)
+
+    # ------------------------------------------------------------------ the loop
     def fit(self) -> TuneResult:
         """Run (or continue) the study until ``budget_epochs`` epochs are trained.
 
-        The last segment may go past the budget when it trains several epochs at
-        once (``method="random"`` trains each trial to ``max_epochs_per_trial``).
+        Segments in flight count against the budget, so the study stops at the
+        budget; a segment that trains several epochs at once (``method="random"``
+        trains each trial to ``max_epochs_per_trial``) may go past it.
 
         Returns:
             A :class:`~fms_lightning.result.TuneResult`.
@@ -433,61 +409,82 @@ class FMSTuner:
                 )
             study.set_meta("tuner_settings", self._settings())
             opt = self.optimizer = self._new_optimizer()
-            state = study.load_tuner_state()
-            if state is not None:
-                opt.load_state_dict(state)
-            else:
-                self._pretrain_from_recorded_runs(opt, study)
-            for t in study.trials():  # observations committed after the last saved optimizer state
-                if t.opt_trial_id in opt.trials:
-                    self._tell(opt, study, t.opt_trial_id, t.trial_id)
-            # Trials the optimizer handed out but that never finished: train them first.
-            unfinished = [Suggestion(tid, dict(t.config), t.target) for tid, t in opt.trials.items()
-                          if t.status is TrialStatus.RUNNING]
-            used = self._committed_budget(study)
+            unfinished = self._restore(opt, study)
+            self.segments = []
             failures: list[str] = []
+            lost: Counter[int] = Counter()
+            used = self._committed_budget(study)
+            executor = self._make_executor()
             writer = _summary_writer(self.study_dir / "tensorboard" / "tuner")
-            with BudgetProgress(self.budget_epochs, enabled=self.progress, initial=used) as bar, writer:
-                while used < self.budget_epochs:
-                    t0 = time.perf_counter()
-                    s = unfinished.pop(0) if unfinished else opt.suggest()
-                    suggest_seconds = time.perf_counter() - t0
-                    study.save_tuner_state(opt.state_dict())  # the suggestion is now durable
-                    entry = self._entry(s.config)
-                    sid = study.add_trial(s.config, entry.name if entry else None, opt_trial_id=s.trial_id)
-                    try:
-                        self._train_segment(study, sid, dict(s.config), s.epoch)
-                        self._tell(opt, study, s.trial_id, sid)
-                        done = s.epoch >= self.max_epochs_per_trial
-                        study.set_status(sid, TrialStatus.COMPLETED if done else TrialStatus.PAUSED)
-                        failures.clear()
-                    except KeyboardInterrupt:
-                        raise
-                    except _FatalError:
-                        raise
-                    except Exception as err:  # noqa: BLE001 - one trial's failure must not end the study
-                        reason = f"{type(err).__name__}: {err}"
-                        log.warning("Trial %s failed: %s", sid, reason)
-                        study.set_status(sid, TrialStatus.FAILED, reason=reason)
-                        with contextlib.suppress(FMSError):
-                            self._tell(opt, study, s.trial_id, sid)
-                        opt.mark_failed(s.trial_id, reason)
-                        study.save_tuner_state(opt.state_dict())
-                        failures.append(f"trial {sid}: {reason}")
-                        if len(failures) >= self.max_consecutive_failures:
-                            raise TrialFailedError(
-                                f"{len(failures)} trials in a row failed; stopping. Reasons:\n  " + "\n  ".join(failures)
-                            ) from err
-                    used = self._committed_budget(study)
-                    best = opt.best()
-                    bar.update_to(used, None if best is None else best[3])
-                    if best is not None:
-                        writer.add_scalar("tuner/incumbent", best[3], used)
-                    writer.add_scalar("tuner/suggest_seconds", suggest_seconds, used)
-                    fit_loss = getattr(opt.surrogate, "last_fit_loss", None)
-                    if fit_loss is not None:
-                        writer.add_scalar("tuner/surrogate_fit_loss", fit_loss, used)
+            try:
+                with BudgetProgress(self.budget_epochs, enabled=self.progress, initial=used) as bar, writer:
+                    inflight = 0  # epochs being trained
+                    while True:
+                        while len(executor) < executor.capacity and used + inflight < self.budget_epochs:
+                            spec = self._next_spec(opt, study, unfinished, writer, used)
+                            executor.submit(spec)
+                            inflight += spec.target - spec.start_epoch
+                        if not len(executor):
+                            break
+                        spec, outcome = executor.next_done()
+                        inflight -= spec.target - spec.start_epoch
+                        if isinstance(outcome, LostWorker):
+                            lost[spec.study_trial] += 1
+                            if lost[spec.study_trial] <= self.max_lost_worker_retries:
+                                log.warning("Trial %s: %s; re-running it from epoch %s.", spec.study_trial,
+                                            outcome.reason, spec.start_epoch)
+                                executor.submit(spec)
+                                inflight += spec.target - spec.start_epoch
+                                continue
+                            outcome = SegmentResult(spec, (), None, None, f"LostWorker: {outcome.reason} "
+                                                    f"({lost[spec.study_trial]} times)", "", time.time())
+                        self._finish(opt, study, outcome, failures)
+                        used = self._committed_budget(study)
+                        best = opt.best()
+                        bar.update_to(used, None if best is None else best[3])
+                        if best is not None:
+                            writer.add_scalar("tuner/incumbent", best[3], used)
+                        fit_loss = getattr(opt.surrogate, "last_fit_loss", None)
+                        if fit_loss is not None:
+                            writer.add_scalar("tuner/surrogate_fit_loss", fit_loss, used)
+            finally:
+                executor.close()
             return self._result(study)
+
+    def _next_spec(self, opt: FMSOptimizer, study: Study, unfinished: list[Suggestion], writer: Any,
+                   used: int) -> SegmentSpec:
+        """The next suggestion as a segment, durable in the study before it is trained."""
+        t0 = time.perf_counter()
+        s = unfinished.pop(0) if unfinished else opt.suggest()
+        writer.add_scalar("tuner/suggest_seconds", time.perf_counter() - t0, used)
+        study.save_tuner_state(opt.state_dict())  # the suggestion is now durable
+        entry = self._entry(s.config)
+        sid = study.add_trial(s.config, entry.name if entry else None, opt_trial_id=s.trial_id)
+        study.set_status(sid, TrialStatus.RUNNING)
+        return self._spec(study, sid, s.trial_id, dict(s.config), s.epoch)
+
+    def _finish(self, opt: FMSOptimizer, study: Study, result: SegmentResult, failures: list[str]) -> None:
+        """Commit a finished segment, tell the optimizer, and track consecutive failures."""
+        spec = result.spec
+        self.segments.append(result)
+        self._commit(study, result)
+        if result.error is None:
+            self._tell(opt, study, spec.opt_trial, spec.study_trial)
+            done = spec.target >= self.max_epochs_per_trial
+            study.set_status(spec.study_trial, TrialStatus.COMPLETED if done else TrialStatus.PAUSED)
+            failures.clear()
+            return
+        log.warning("Trial %s failed: %s", spec.study_trial, result.error)
+        study.set_status(spec.study_trial, TrialStatus.FAILED, reason=result.error)
+        with contextlib.suppress(FMSError):
+            self._tell(opt, study, spec.opt_trial, spec.study_trial)
+        opt.mark_failed(spec.opt_trial, result.error)
+        study.save_tuner_state(opt.state_dict())
+        failures.append(f"trial {spec.study_trial}: {result.error}")
+        if len(failures) >= self.max_consecutive_failures:
+            raise TrialFailedError(
+                f"{len(failures)} trials in a row failed; stopping. Reasons:\n  " + "\n  ".join(failures)
+            )
 
     def _result(self, study: Study) -> TuneResult:
         board = leaderboard(study, self.mode, trials=[t for t in study.trials() if t.opt_trial_id is not None])
@@ -503,4 +500,3 @@ class FMSTuner:
             best_epoch=top.best_epoch, best_value=top.best_value, best_checkpoint=str(study.path / str(snap)),
             leaderboard=board, budget_used=self._committed_budget(study), study_dir=str(self.study_dir), plot=plot,
         )
-

@@ -1,0 +1,120 @@
+"""Executors run trial segments for the tuner: in this process, or as Ray tasks.
+
+Both take :class:`~fms_lightning.segment.SegmentSpec` s with :meth:`submit` and
+hand back finished ones with :meth:`next_done`, as ``(spec, outcome)``. The
+outcome is a :class:`~fms_lightning.segment.SegmentResult`, or :class:`LostWorker`
+when the process running it went away (the segment can be run again from the
+same committed checkpoint). Errors every trial would hit are raised.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fms_lightning.segment import SegmentResult, SegmentRunner, SegmentSpec
+
+__all__ = ["LocalExecutor", "LostWorker", "RayExecutor"]
+
+
+@dataclass(frozen=True)
+class LostWorker:
+    """The worker or node running a segment died; nothing of the segment was committed."""
+
+    reason: str
+
+
+Outcome = SegmentResult | LostWorker
+
+
+class LocalExecutor:
+    """Runs one segment at a time, in this process, when :meth:`next_done` is called."""
+
+    capacity = 1
+
+    def __init__(self, runner: SegmentRunner) -> None:
+        self.runner = runner
+        self._queue: deque[SegmentSpec] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def submit(self, spec: SegmentSpec) -> None:
+        self._queue.append(spec)
+
+    def next_done(self) -> tuple[SegmentSpec, Outcome]:
+        spec = self._queue.popleft()
+        return spec, self.runner.run(spec)
+
+    def close(self) -> None:
+        self._queue.clear()
+
+
+def _run_on_worker(runner: SegmentRunner, spec: SegmentSpec) -> SegmentResult:
+    return runner.run(spec)
+
+
+class RayExecutor:
+    """Runs up to ``max_concurrent`` segments at once as Ray tasks.
+
+    Args:
+        runner: Pickled to the object store once and shared by every task.
+        max_concurrent: Segments in flight at once.
+        address: Passed to ``ray.init`` when Ray is not yet initialised.
+        resources: Ray resources per segment (default ``{"num_cpus": 1}``); each
+            task uses as many torch threads as it has CPUs.
+
+    Raises:
+        ConfigurationError: If Ray is not installed.
+    """
+
+    def __init__(self, runner: SegmentRunner, max_concurrent: int, *, address: str | None = None,
+                 resources: Mapping[str, Any] | None = None) -> None:
+        from fms_lightning._ray import ensure_ray, require_ray
+
+        self._ray = require_ray()
+        self._started = ensure_ray(address)
+        options = {"num_cpus": 1} | dict(resources or {})
+        threads = max(1, int(options["num_cpus"])) if options.get("num_cpus") else None
+        self.capacity = max_concurrent
+        self._runner = self._ray.put(replace(runner, threads=threads))
+        # No automatic retries: a lost worker is re-queued by the tuner, which knows the committed checkpoint.
+        self._task = self._ray.remote(_run_on_worker).options(max_retries=0, **options)
+        self._inflight: dict[Any, SegmentSpec] = {}
+
+    def __len__(self) -> int:
+        return len(self._inflight)
+
+    def submit(self, spec: SegmentSpec) -> None:
+        self._inflight[self._task.remote(self._runner, spec)] = spec
+
+    def next_done(self) -> tuple[SegmentSpec, Outcome]:
+        from fms_lightning._ray import is_lost_worker
+
+        ready, _ = self._ray.wait(list(self._inflight), num_returns=1)
+        ref = ready[0]
+        spec = self._inflight.pop(ref)
+        try:
+            return spec, self._ray.get(ref)
+        except self._ray.exceptions.RayTaskError as err:
+            # The segment's own code raised (a fatal error: trial failures are returned).
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, BaseException):
+                raise cause from err
+            raise
+        except self._ray.exceptions.RayError as err:
+            if is_lost_worker(err):
+                return spec, LostWorker(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            raise
+
+    def close(self) -> None:
+        for ref in list(self._inflight):
+            try:
+                self._ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001, S110 - already finished or gone
+                pass
+        self._inflight.clear()
+        if self._started:
+            self._ray.shutdown()
