@@ -20,7 +20,7 @@ def check_executor(executor: str, max_concurrent: int) -> None:
 
     Raises:
         ConfigurationError: For an unknown executor, or ``max_concurrent`` that is
-            not a positive integer (or above 1 with the local executor).
+            not a positive integer.
     """
     if executor not in EXECUTORS:
         raise ConfigurationError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}.")

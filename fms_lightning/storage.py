@@ -100,6 +100,7 @@ class Storage:
 
     def write(self, rel: str, write: Callable[[Path], Any]) -> str:
         """Write ``rel`` atomically with ``write(tmp_path)``; returns ``rel``."""
+        self._check(rel)
         local = self.local_path(rel)
         if local is not None:
             atomic_write(local, write)
@@ -116,6 +117,7 @@ class Storage:
         return rel
 
     def exists(self, rel: str) -> bool:
+        self._check(rel)
         local = self.local_path(rel)
         return local.is_file() if local is not None else bool(self._filesystem().exists(self.uri(rel)))
 
@@ -125,6 +127,7 @@ class Storage:
         For a local folder this is the file itself; for a URL it is downloaded
         into ``folder`` (a new temporary folder when ``None``).
         """
+        self._check(rel)
         local = self.local_path(rel)
         if local is not None:
             return local
@@ -134,6 +137,7 @@ class Storage:
 
     def copy_to(self, rel: str, dest: str | os.PathLike[str]) -> Path:
         """Copy ``rel`` to the local file ``dest`` atomically (nothing to do if it is that file)."""
+        self._check(rel)
         dest = Path(dest)
         local = self.local_path(rel)
         if local is not None and local.resolve() == dest.resolve():
@@ -146,6 +150,7 @@ class Storage:
 
     def delete(self, rel: str) -> None:
         """Remove ``rel`` if it exists."""
+        self._check(rel)
         local = self.local_path(rel)
         if local is not None:
             local.unlink(missing_ok=True)

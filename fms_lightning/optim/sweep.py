@@ -3,10 +3,12 @@
 This is the NAdamW-lists paper's turn-key protocol: with a budget of K parallel
 trials, run the first K points of the list (5 in the paper) and keep the one
 with the best validation metric. Trials are independent Lightning runs of a
-:class:`~fms_lightning.optim.NAdamWListModule`; with ``parallel > 1`` they run in
-separate local processes (``forkserver``, else ``spawn``), otherwise one after another.
-
-The Ray executor is not available for sweeps yet.
+:class:`~fms_lightning.optim.NAdamWListModule`. With the default ``executor="local"``
+and ``parallel > 1`` they run in separate local processes (``forkserver``, else
+``spawn``), otherwise one after another in this process. With ``executor="ray"``
+each trial is a Ray task (one CPU), ``parallel`` at a time, on the Ray runtime
+this process is connected to (a local one is started, and stopped afterwards,
+if there is none); a trial whose worker or node is lost is run again.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from fms_lightning._ray import check_executor, ensure_ray, is_lost_worker, require_ray
 from fms_lightning.errors import ConfigurationError, FMSError, MissingMetricError, TrialFailedError
 from fms_lightning.optim.module import NAdamWListModule
 from fms_lightning.optim.presets import NADAMW_LIST, NAdamWPoint, preset_name
@@ -32,6 +35,11 @@ __all__ = ["SweepTrial", "SweepResult", "sweep", "run_sweep_recipe", "register"]
 
 ModuleFactory = Callable[[NAdamWPoint], NAdamWListModule]
 Mode = Literal["min", "max"]
+
+#: How many times a Ray trial is started before a lost worker (crash, node death) counts as its failure.
+RAY_ATTEMPTS = 3
+#: CPUs (and torch threads) of each Ray trial.
+RAY_TRIAL_CPUS = 1
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,8 @@ def sweep(
     parallel: int = 1,
     seed: int = 0,
     trainer_kwargs: Mapping[str, Any] | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> SweepResult:
     """Train the first ``top`` presets of a list and report the best (the paper's K-trial protocol).
 
@@ -198,25 +208,34 @@ def sweep(
         module_factory: Builds the model for a point, e.g. ``functools.partial(DigitsCNN, hidden=64)``;
             called as ``module_factory(point)`` and must return a ``NAdamWListModule``.
             With ``parallel > 1`` it must be picklable (a module-level function,
-            a class, or a ``functools.partial`` of one).
-        datamodule: The data; every trial uses it (a copy per process when parallel).
+            a class, or a ``functools.partial`` of one); with Ray, by ``cloudpickle``.
+        datamodule: The data; every trial uses it (a copy per process when parallel or on Ray).
         top: ``K``, how many presets to run, from the front of the list.
         hparam_list: The ordered list (default ``NADAMW_LIST``; see ``load_hparam_list``).
         max_epochs: Epochs per trial; the schedule's horizon follows the Trainer.
         monitor: The validation metric to compare.
         mode: ``"max"`` or ``"min"``.
-        parallel: How many trials run at once in local processes; 1 runs them in this process.
+        parallel: How many trials run at once: in local processes (1 runs them in this process),
+            or as Ray tasks with ``executor="ray"`` (where Ray's free CPUs also limit it).
         seed: Seed of every trial (``seed_everything``), so trials differ only by preset.
         trainer_kwargs: Extra ``lightning.Trainer`` options (they override the sweep's defaults:
             CPU, no logger, no checkpoints, no progress bar, deterministic).
+        executor: ``"local"`` (processes of this machine) or ``"ray"`` (one Ray task per
+            trial, needs ``pip install 'fms-lightning[ray]'``). A Ray trial whose worker
+            or node is lost is run again, up to ``RAY_ATTEMPTS`` times in all, and then
+            recorded as failed.
+        ray_address: With ``executor="ray"``, the cluster to connect to when Ray is not
+            initialized yet (default: ``RAY_ADDRESS``, else a new local runtime, which is
+            shut down when the sweep ends). Call ``ray.init(...)`` first for more control.
 
     Returns:
         A :class:`SweepResult` with every trial in list order and ``.best``.
 
     Raises:
-        ConfigurationError: For a bad ``top``, ``parallel``, mode or epochs, or an
-            unpicklable factory or datamodule with ``parallel > 1``.
+        ConfigurationError: For a bad ``top``, ``parallel``, mode, epochs or executor, an
+            unpicklable factory or datamodule with ``parallel > 1`` or Ray, or Ray missing.
         MissingMetricError: If validation never logs ``monitor``.
+        FMSError: Any library error raised inside a trial, as its own type (also from Ray).
 
     >>> import functools
     >>> from fms_lightning.examples.digits import DigitsCNN
@@ -231,6 +250,11 @@ def sweep(
         raise ConfigurationError(f"top must be an integer in 1..{len(points)} (the list's length), got {top!r}.")
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise ConfigurationError(f"parallel must be an integer >= 1, got {parallel!r}.")
+    check_executor(executor, parallel)
+    if ray_address is not None and executor != "ray":
+        raise ConfigurationError(
+            f"ray_address={ray_address!r} is only used with executor='ray', got executor={executor!r}."
+        )
     if mode not in ("min", "max"):
         raise ConfigurationError(f"mode must be 'min' or 'max', got {mode!r}.")
     if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
@@ -242,7 +266,10 @@ def sweep(
         _run_trial, module_factory=module_factory, datamodule=datamodule, max_epochs=max_epochs, monitor=monitor,
         mode=mode, seed=seed, trainer_kwargs=kwargs,
     )
-    if workers == 1:
+    if executor == "ray":
+        trials = _run_on_ray(jobs, module_factory, datamodule, kwargs, workers, ray_address, dict(
+            max_epochs=max_epochs, monitor=monitor, mode=mode, seed=seed))
+    elif workers == 1:
         trials = [run(rank, point, threads=None) for rank, point in jobs]
     else:
         try:
@@ -259,6 +286,69 @@ def sweep(
             futures = [pool.submit(run, rank, point, threads=threads) for rank, point in jobs]
             trials = [f.result() for f in futures]
     return SweepResult(tuple(trials), monitor, mode)
+
+
+def _run_ray_trial(rank: int, point: NAdamWPoint, shared: tuple[Any, Any, Any], **options: Any) -> SweepTrial:
+    """``_run_trial`` in a Ray task; ``shared``: (factory, datamodule, trainer_kwargs), put in the object store once."""
+    module_factory, datamodule, trainer_kwargs = shared
+    return _run_trial(rank, point, module_factory, datamodule, trainer_kwargs=trainer_kwargs, **options)
+
+
+def _run_on_ray(
+    jobs: list[tuple[int, NAdamWPoint]], module_factory: ModuleFactory, datamodule: pl.LightningDataModule,
+    trainer_kwargs: dict[str, Any], parallel: int, address: str | None, options: dict[str, Any],
+) -> list[SweepTrial]:
+    """Run each job's ``_run_trial`` as a Ray task, ``parallel`` in flight; the trials in ``jobs``' order."""
+    ray = require_ray()
+    import ray.exceptions  # noqa: F401 - for ray.exceptions below
+
+    try:
+        ray.cloudpickle.dumps((module_factory, datamodule, trainer_kwargs))
+    except Exception as err:  # noqa: BLE001 - pickling can raise many types
+        raise ConfigurationError(
+            "With executor='ray', the module factory, datamodule and trainer_kwargs go to Ray workers and "
+            f"must be picklable (by cloudpickle), but pickling failed: {err}. Build unpicklable state "
+            "(open files, locks, connections) inside the factory or the datamodule's setup, or use executor='local'."
+        ) from err
+    started = ensure_ray(address)
+    task = ray.remote(num_cpus=RAY_TRIAL_CPUS, max_retries=0)(_run_ray_trial)
+    in_flight: dict[Any, tuple[int, NAdamWPoint, int]] = {}
+    try:
+        shared = ray.put((module_factory, datamodule, trainer_kwargs))
+        queue = [(rank, point, 1) for rank, point in reversed(jobs)]  # popped from the end: rank order
+        done: dict[int, SweepTrial] = {}
+        while queue or in_flight:
+            while queue and len(in_flight) < parallel:
+                rank, point, attempt = queue.pop()
+                ref = task.remote(rank, point, shared, threads=RAY_TRIAL_CPUS, **options)
+                in_flight[ref] = (rank, point, attempt)
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in ready:
+                rank, point, attempt = in_flight.pop(ref)
+                try:
+                    done[rank] = ray.get(ref)
+                except ray.exceptions.RayTaskError as err:  # the trial's own code raised
+                    cause = getattr(err, "cause", None)
+                    if isinstance(cause, BaseException):
+                        raise cause from err
+                    raise
+                except ray.exceptions.RayError as err:
+                    reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+                    if is_lost_worker(err) and attempt < RAY_ATTEMPTS:
+                        queue.append((rank, point, attempt + 1))  # run next, before later ranks
+                        continue
+                    if is_lost_worker(err):
+                        reason = f"the Ray worker was lost {attempt} times; last: {reason}"
+                    done[rank] = SweepTrial(rank, point, (), None, None, reason)
+        return [done[rank] for rank, _ in jobs]
+    finally:
+        for ref in in_flight:  # after an error: do not leave trials running
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001,S110 - best effort
+                pass
+        if started:
+            ray.shutdown()
 
 
 # The recipe runner and the CLI live in sweep_cli (which does not import Lightning until a sweep runs).

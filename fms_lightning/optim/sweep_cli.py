@@ -1,5 +1,8 @@
 """``fms-lightning sweep RECIPE --top K``: a list sweep from a demo-style recipe.
 
+The trials run in local processes (``--parallel P`` at once), or as Ray tasks
+with ``--executor ray`` (``--ray-address ADDR`` to join a running cluster).
+
 Importing this module does not import Lightning; :func:`register` can be
 called while building the command-line parser at no cost.
 """
@@ -13,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from fms_lightning._ray import EXECUTORS
 from fms_lightning.errors import ConfigurationError
 from fms_lightning.optim.presets import NADAMW_LIST, NAdamWPoint, load_hparam_list, preset_name
 
@@ -34,7 +38,7 @@ def _import(spec: str) -> Any:
 
 def run_sweep_recipe(
     cfg: Any, *, top: int = 5, hparam_list: Sequence[NAdamWPoint] = NADAMW_LIST, parallel: int = 1,
-    stream: TextIO | None = None,
+    stream: TextIO | None = None, executor: str = "local", ray_address: str | None = None,
 ) -> SweepResult:
     """Run a sweep from a demo-style recipe (``recipes/digits_demo.yaml``; its ``preset`` is ignored).
 
@@ -50,12 +54,15 @@ def run_sweep_recipe(
         hparam_list: The list.
         parallel: Trials at once.
         stream: Where the table goes (default stdout).
+        executor: ``"local"`` (processes of this machine) or ``"ray"`` (one Ray task per trial).
+        ray_address: With ``executor="ray"``, the Ray cluster to connect to (default:
+            ``RAY_ADDRESS``, else a local runtime started for the sweep).
 
     Returns:
         The :class:`SweepResult`.
 
     Raises:
-        ConfigurationError: For a recipe with missing or bad keys.
+        ConfigurationError: For a recipe with missing or bad keys, or a bad executor.
     """
     from omegaconf import DictConfig, OmegaConf
 
@@ -86,10 +93,12 @@ def run_sweep_recipe(
         dm = SklearnDataModule(name, seed=seed, as_image=True, **data)
         factory = functools.partial(DigitsCNN, variant=str(cfg.get("variant", "optax")), **model)
     monitor, mode = str(cfg.get("monitor", "val_acc")), str(cfg.get("mode", "max"))
-    print(f"Sweeping the first {top} presets ({parallel} at a time), {max_epochs} epochs each, "
+    where = " on Ray" if executor == "ray" else ""
+    print(f"Sweeping the first {top} presets ({parallel} at a time{where}), {max_epochs} epochs each, "
           f"monitoring {monitor} ({mode})", file=stream, flush=True)
     result = sweep(factory, dm, top=top, hparam_list=hparam_list, max_epochs=max_epochs, monitor=monitor,
-                   mode=mode, parallel=parallel, seed=seed, trainer_kwargs=trainer)  # type: ignore[arg-type]
+                   mode=mode, parallel=parallel, seed=seed, trainer_kwargs=trainer,  # type: ignore[arg-type]
+                   executor=executor, ray_address=ray_address)
     print(result.format_table(), file=stream)
     best = result.best
     print(f"best: rank {best.rank} ({preset_name(best.point) or 'custom'}) {monitor}={best.best_value:.4f} "
@@ -105,12 +114,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         recipe, overrides = "digits_demo", [recipe, *overrides]
     points = load_hparam_list(args.list) if args.list else NADAMW_LIST
     run_sweep_recipe(load_recipe(recipe, overrides), top=args.top, hparam_list=points,
-                     parallel=args.parallel if args.parallel is not None else args.top)
+                     parallel=args.parallel if args.parallel is not None else args.top,
+                     executor=args.executor, ray_address=args.ray_address)
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``sweep RECIPE --top K [--list FILE] [--parallel P] [key=value ...]`` to argparse ``subparsers``.
+    """Add ``sweep RECIPE --top K [--list FILE] [--parallel P] [--executor E] [key=value ...]`` to ``subparsers``.
+
+    ``--executor`` is ``local`` (default) or ``ray``; ``--ray-address ADDR`` picks the Ray cluster.
 
     Returns:
         The ``sweep`` parser; it sets ``func``, which takes the namespace and returns an exit status.
@@ -121,5 +133,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--top", type=int, default=5, help="K: run the first K presets (default 5)")
     parser.add_argument("--list", help="a list YAML of your own (default: the built-in NADAMW_LIST)")
     parser.add_argument("--parallel", type=int, default=None, help="trials at once (default K: all in parallel)")
+    parser.add_argument("--executor", choices=EXECUTORS, default="local",
+                        help="run the trials in local processes (default) or as Ray tasks (needs the [ray] extra)")
+    parser.add_argument("--ray-address", default=None,
+                        help="with --executor ray: the cluster to join (default: RAY_ADDRESS, else a local Ray)")
     parser.set_defaults(func=_cmd_sweep)
     return parser

@@ -1,0 +1,181 @@
+"""FMSTuner on a real local Ray runtime (``ray.init(num_cpus=2)``): parallel segments,
+driver-only writes, fsspec storage, lost workers, a killed driver, and clear errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from fms_lightning.errors import ConfigurationError, MissingMetricError
+from fms_lightning.executors import LocalExecutor, RayExecutor
+from fms_lightning.study import Study, TrialStatus
+from fms_lightning.tuner import FMSTuner
+from tests import tiny_task
+from tests.test_tuner import _check_study
+
+pytest.importorskip("ray")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class SlowEpochs(Callback):
+    """Makes each training epoch last at least ``seconds`` (so that overlap is measurable)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        time.sleep(self.seconds)
+
+
+class KillOnce(Callback):
+    """SIGKILLs the process training the first epoch it sees, once per marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _ray_tuner(tmp_path, budget=8, method="dyhpo", callbacks=(), executor="ray", **kw) -> FMSTuner:
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    return FMSTuner(tiny_task.build, tiny_task.datamodule, tiny_task.space(hub), hub, monitor="val_acc", mode="max",
+                    budget_epochs=budget, max_epochs_per_trial=3, method=method, study_dir=tmp_path / "study", seed=0,
+                    optimizer_kwargs=tiny_task.FAST_OPT, progress=False, executor=executor,
+                    trainer_kwargs={"callbacks": list(callbacks)}, **kw)
+
+
+def test_segments_run_in_parallel_on_workers_and_the_driver_writes_the_study(ray_local, tmp_path) -> None:
+    store = tmp_path / "bucket"
+    tuner = _ray_tuner(tmp_path, budget=8, max_concurrent=2, storage=f"file://{store}", callbacks=[SlowEpochs(0.4)])
+    result = tuner.fit()
+    _check_study(tmp_path / "study", 8)  # exactly the budget: in-flight epochs count against it
+    assert result.budget_used == 8
+    workers = {s.worker for s in tuner.segments}
+    assert len(workers) >= 2 and all(w.split(":")[1] != str(os.getpid()) for w in workers)
+    spans = sorted((s.started, s.started + s.seconds) for s in tuner.segments)
+    overlaps = sum(a_end > b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    assert overlaps >= 2, spans
+    # Checkpoints live in the storage URL; the study folder holds only rows and snapshot copies.
+    with Study(tmp_path / "study", readonly=True) as study:
+        for t in study.trials():
+            if t.status is not TrialStatus.FAILED:
+                epoch, path = study.checkpoint(t.trial_id)
+                assert epoch == study.last_epoch(t.trial_id) and (store / path).is_file()
+                assert len(list((store / path).parent.glob("*.ckpt"))) == 1  # older ones were removed
+    assert not (tmp_path / "study" / "checkpoints").exists()
+    # No two in-flight segments trained the same trial.
+    busy: dict[int, float] = {}
+    for s in sorted(tuner.segments, key=lambda s: s.started):
+        assert busy.get(s.spec.study_trial, 0.0) <= s.started + 1e-3
+        busy[s.spec.study_trial] = s.started + s.seconds
+
+
+def test_segments_on_workers_resume_exactly_like_one_local_run(ray_local, tmp_path) -> None:
+    """Epochs 1, 2, 3 trained by separate Ray tasks give the weights of 3 epochs in this process."""
+    config = {"model": "mlp16", "lr": 0.05, "batch_size": 16}
+    finals = []
+    for name, targets, ray in (("pieces", (1, 2, 3), True), ("straight", (3,), False)):
+        tuner = _ray_tuner(tmp_path / name)
+        executor = RayExecutor(tuner.runner, 1) if ray else LocalExecutor(tuner.runner)
+        with Study(tmp_path / name / "study") as study:
+            sid = study.add_trial(config, "mlp16", opt_trial_id=0)
+            for target in targets:
+                executor.submit(tuner._spec(study, sid, 0, config, target))
+                _, result = executor.next_done()
+                assert result.error is None
+                tuner._commit(study, result)
+            assert [o.epoch for o in study.observations(sid)] == [1, 2, 3]
+            finals.append(study.load_snapshot(study.observations(sid)[-1].snapshot))
+        executor.close()
+    for k in finals[0]:
+        torch.testing.assert_close(finals[0][k], finals[1][k], rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_a_killed_worker_is_rerun_from_its_checkpoint(ray_local, tmp_path) -> None:
+    marker = tmp_path / "killed"
+    tuner = _ray_tuner(tmp_path, budget=6, max_concurrent=2, callbacks=[KillOnce(str(marker))])
+    result = tuner.fit()
+    assert marker.exists(), "a worker should have been killed"
+    _check_study(tmp_path / "study", 6)
+    assert result.budget_used == 6
+    with Study(tmp_path / "study", readonly=True) as study:
+        assert not study.trials(TrialStatus.FAILED)  # the lost segment was re-run, not failed
+    killed_pid = marker.read_text()
+    assert all(s.worker.split(":")[1] != killed_pid for s in tuner.segments)
+
+
+KILLABLE_DRIVER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {repo!r})
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={{"env_vars": {{"PYTHONPATH": {repo!r}, "OMP_NUM_THREADS": "1"}}}})
+    from tests import tiny_task
+    from fms_lightning.tuner import FMSTuner
+    hub = tiny_task.make_hub(__import__("pathlib").Path({hub!r}))
+    FMSTuner(tiny_task.build, tiny_task.datamodule, tiny_task.space(hub), hub, monitor="val_acc", mode="max",
+             budget_epochs={budget}, max_epochs_per_trial=3, method="dyhpo", study_dir={study!r}, seed=0,
+             optimizer_kwargs=tiny_task.FAST_OPT, progress=False, executor="ray", max_concurrent=2).fit()
+    print("finished", flush=True)
+    """
+)
+
+
+def test_killing_the_driver_and_rerunning_resumes_the_study(tmp_path) -> None:
+    budget = 8
+    code = KILLABLE_DRIVER.format(repo=str(REPO), hub=str(tmp_path / "hub"), budget=budget,
+                                  study=str(tmp_path / "study"))
+    tiny_task.make_hub(tmp_path / "hub")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    db = tmp_path / "study" / "study.sqlite"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # kill once some epochs are committed
+        if db.exists():
+            with contextlib.suppress(sqlite3.OperationalError), Study(tmp_path / "study", readonly=True) as study:
+                if study.budget_used() >= 2:
+                    break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with Study(tmp_path / "study", readonly=True) as study:
+        assert 0 < study.budget_used() < budget, "the driver should have been killed mid-study"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert "finished" in done.stdout, done.stderr[-3000:]
+    _check_study(tmp_path / "study", budget)
+
+
+def test_errors_every_trial_would_hit_reach_the_driver(ray_local, tmp_path) -> None:
+    tuner = _ray_tuner(tmp_path, max_concurrent=2)
+    tuner.monitor = tuner.runner.monitor = "val_f1"
+    with pytest.raises(MissingMetricError, match=r"val_f1.*val_acc"):
+        tuner.fit()
+
+
+def test_bad_executor_settings_are_explained(tmp_path, monkeypatch) -> None:
+    with pytest.raises(ConfigurationError, match="executor must be one of"):
+        _ray_tuner(tmp_path, executor="dask")
+    with pytest.raises(ConfigurationError, match="needs executor='ray'"):
+        _ray_tuner(tmp_path, executor="local", max_concurrent=2)
+    with pytest.raises(ConfigurationError, match="max_concurrent must be an integer >= 1"):
+        _ray_tuner(tmp_path, max_concurrent=0)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(ConfigurationError, match=r"pip install 'fms-lightning\[ray\]'"):
+        _ray_tuner(tmp_path, max_concurrent=2).fit()
