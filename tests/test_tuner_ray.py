@@ -144,7 +144,9 @@ def test_killing_the_driver_and_rerunning_resumes_the_study(tmp_path) -> None:
                                   study=str(tmp_path / "study"))
     tiny_task.make_hub(tmp_path / "hub")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    # Its own session, so the kill takes the driver and the local Ray it started down together.
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     db = tmp_path / "study" / "study.sqlite"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:  # kill once some epochs are committed
@@ -153,7 +155,7 @@ def test_killing_the_driver_and_rerunning_resumes_the_study(tmp_path) -> None:
                 if study.budget_used() >= 2:
                     break
         time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     with Study(tmp_path / "study", readonly=True) as study:
         assert 0 < study.budget_used() < budget, "the driver should have been killed mid-study"
