@@ -10,7 +10,10 @@ from typing import Any
 
 from fms_lightning.errors import ConfigurationError
 
-__all__ = ["EXECUTORS", "check_executor", "ensure_ray", "is_lost_worker", "require_ray"]
+__all__ = [
+    "EXECUTORS", "cancel_all", "check_executor", "describe", "ensure_ray", "is_lost_worker", "raise_task_cause",
+    "require_ray",
+]
 
 EXECUTORS = ("local", "ray")
 
@@ -69,3 +72,27 @@ def is_lost_worker(err: BaseException) -> bool:
     lost = (rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError, rex.OwnerDiedError,
             rex.LocalRayletDiedError, rex.ActorDiedError, rex.TaskUnschedulableError)
     return isinstance(err, lost) and not isinstance(err, rex.RayTaskError)
+
+
+def raise_task_cause(err: BaseException) -> None:
+    """Re-raise the exception a Ray task's own code raised, as its original type (chained to ``err``)."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        raise cause from err
+    raise err
+
+
+def describe(err: BaseException) -> str:
+    """``"TypeName: first line of the message"`` for a Ray error (its messages run to many lines)."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def cancel_all(refs: Any) -> None:
+    """Force-cancel Ray tasks that may still run (best effort: finished or lost ones are skipped)."""
+    ray = require_ray()
+    for ref in list(refs):
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:  # noqa: BLE001, S110 - already finished or gone
+            pass

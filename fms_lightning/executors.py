@@ -91,7 +91,7 @@ class RayExecutor:
         self._inflight[self._task.remote(self._runner, spec)] = spec
 
     def next_done(self) -> tuple[SegmentSpec, Outcome]:
-        from fms_lightning._ray import is_lost_worker
+        from fms_lightning._ray import describe, is_lost_worker, raise_task_cause
 
         ready, _ = self._ray.wait(list(self._inflight), num_returns=1)
         ref = ready[0]
@@ -99,22 +99,17 @@ class RayExecutor:
         try:
             return spec, self._ray.get(ref)
         except self._ray.exceptions.RayTaskError as err:
-            # The segment's own code raised (a fatal error: trial failures are returned).
-            cause = getattr(err, "cause", None)
-            if isinstance(cause, BaseException):
-                raise cause from err
-            raise
+            raise_task_cause(err)  # the segment's own code raised: a fatal error (trial failures are returned)
         except self._ray.exceptions.RayError as err:
             if is_lost_worker(err):
-                return spec, LostWorker(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+                return spec, LostWorker(describe(err))
             raise
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
-        for ref in list(self._inflight):
-            try:
-                self._ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001, S110 - already finished or gone
-                pass
+        from fms_lightning._ray import cancel_all
+
+        cancel_all(self._inflight)
         self._inflight.clear()
         if self._started:
             self._ray.shutdown()

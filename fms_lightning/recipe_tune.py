@@ -18,6 +18,10 @@ embedded default)::
     trainer: {}                         # extra lightning.Trainer options
     progress: true
     threads: null                       # torch intra-op threads (null: torch's default)
+    executor: local                     # local | ray (pip install 'fms-lightning[ray]')
+    max_concurrent: 1                   # segments at once (ray)
+    storage: null                       # checkpoints/snapshots: a path or fsspec URL workers reach (null: study_dir)
+    ray_address: null                   # the Ray cluster (null: RAY_ADDRESS, else a local one)
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fms_lightning.errors import ConfigurationError
 
-__all__ = ["TuneRecipe", "validate_recipe", "run_tune_recipe"]
+__all__ = ["TuneRecipe", "validate_recipe", "run_tune_recipe", "tuner_from_recipe"]
 
 
 @dataclass
@@ -53,6 +57,10 @@ class TuneRecipe:
     trainer: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     threads: Any = None
+    executor: str = "local"
+    max_concurrent: int = 1
+    storage: Any = None
+    ray_address: Any = None
 
 
 def validate_recipe(cfg: DictConfig | dict[str, Any]) -> DictConfig:
@@ -116,17 +124,16 @@ def _datamodule_factory(obj: Any) -> Any:
     return obj
 
 
-def run_tune_recipe(cfg: DictConfig | dict[str, Any], *, stream: TextIO | None = None) -> Any:
-    """Validate a recipe, build the tuner and run it; prints the leaderboard and the winner.
+def tuner_from_recipe(cfg: DictConfig | dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Validate a recipe and build its :class:`~fms_lightning.tuner.FMSTuner` (not run yet).
 
     Returns:
-        The :class:`~fms_lightning.result.TuneResult`.
+        ``(tuner, recipe)``: the tuner and the validated recipe as a plain dict.
     """
     from fms_lightning.hub import import_object
     from fms_lightning.space import SearchSpace
     from fms_lightning.tuner import FMSTuner
 
-    stream = stream if stream is not None else sys.stdout
     rc = validate_recipe(cfg)
     plain = OmegaConf.to_container(rc, resolve=True)
     assert isinstance(plain, dict)
@@ -151,9 +158,23 @@ def run_tune_recipe(cfg: DictConfig | dict[str, Any], *, stream: TextIO | None =
         budget_epochs=int(plain["budget_epochs"]), max_epochs_per_trial=int(plain["max_epochs_per_trial"]),
         method=plain["method"], study_dir=plain["study_dir"], seed=int(plain["seed"]),
         trainer_kwargs=plain["trainer"], optimizer_kwargs=plain["optimizer"], progress=bool(plain["progress"]),
+        executor=plain["executor"], max_concurrent=int(plain["max_concurrent"]), storage=plain["storage"],
+        ray_address=plain["ray_address"],
     )
-    print(f"FMS ({plain['method']}) over {len(hub) if hub else 0} hub models, budget {plain['budget_epochs']} epochs, "
-          f"study {plain['study_dir']}", file=stream, flush=True)
+    return tuner, plain
+
+
+def run_tune_recipe(cfg: DictConfig | dict[str, Any], *, stream: TextIO | None = None) -> Any:
+    """Validate a recipe, build the tuner and run it; prints the leaderboard and the winner.
+
+    Returns:
+        The :class:`~fms_lightning.result.TuneResult`.
+    """
+    stream = stream if stream is not None else sys.stdout
+    tuner, plain = tuner_from_recipe(cfg)
+    where = f", {plain['max_concurrent']} at a time on Ray" if plain["executor"] == "ray" else ""
+    print(f"FMS ({plain['method']}) over {len(tuner.hub) if tuner.hub else 0} hub models, budget {plain['budget_epochs']} epochs"
+          f"{where}, study {plain['study_dir']}", file=stream, flush=True)
     result = tuner.fit()
     print("\nLeaderboard (best epoch of each trial):", file=stream)
     print(result.format_leaderboard(), file=stream)

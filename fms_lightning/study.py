@@ -41,7 +41,7 @@ from fms_lightning.errors import ConfigurationError, StudyError, StudyLockedErro
 
 __all__ = ["Study", "TrialStatus", "TrialRecord", "Observation", "atomic_write", "load_weights_file"]
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: the checkpoints table (segments are committed with their checkpoint)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trials (
@@ -533,6 +533,11 @@ class Study:
         """Store a JSON value under ``key`` (e.g. the tuner's settings, to check on resume)."""
         with self._transaction() as cur:
             cur.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value, default=_json_default)))
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version the study was created with."""
+        return int(self.get_meta("schema_version", _SCHEMA_VERSION))
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         """The JSON value stored under ``key``, or ``default``."""

@@ -209,6 +209,8 @@ class FMSTuner:
         self.optimizer: FMSOptimizer | None = None
         #: The segments trained by the last :meth:`fit` call, in the order they finished.
         self.segments: list[SegmentResult] = []
+        #: Seconds each suggestion of the last :meth:`fit` call took (surrogate fit and EI_MF), in order.
+        self.suggest_seconds: list[float] = []
 
     # ------------------------------------------------------------------ helpers
     def _entry(self, config: Mapping[str, Any]) -> HubEntry | None:
@@ -407,10 +409,16 @@ class FMSTuner:
                     f"The study at {str(self.study_dir)!r} was created with other settings ({stored}); "
                     "use a new study_dir, or the same settings to continue it."
                 )
+            if study.schema_version < 2 and any(t.opt_trial_id is not None for t in study.trials()):
+                raise ConfigurationError(
+                    f"The study at {str(self.study_dir)!r} was written by an earlier development version of "
+                    "fms-lightning that did not record committed checkpoints, so its trials cannot be resumed; "
+                    "use a new study_dir (WeightSnapshot runs in it can still be read with Study)."
+                )
             study.set_meta("tuner_settings", self._settings())
             opt = self.optimizer = self._new_optimizer()
             unfinished = self._restore(opt, study)
-            self.segments = []
+            self.segments, self.suggest_seconds = [], []
             failures: list[str] = []
             lost: Counter[int] = Counter()
             used = self._committed_budget(study)
@@ -456,7 +464,8 @@ class FMSTuner:
         """The next suggestion as a segment, durable in the study before it is trained."""
         t0 = time.perf_counter()
         s = unfinished.pop(0) if unfinished else opt.suggest()
-        writer.add_scalar("tuner/suggest_seconds", time.perf_counter() - t0, used)
+        self.suggest_seconds.append(time.perf_counter() - t0)
+        writer.add_scalar("tuner/suggest_seconds", self.suggest_seconds[-1], used)
         study.save_tuner_state(opt.state_dict())  # the suggestion is now durable
         entry = self._entry(s.config)
         sid = study.add_trial(s.config, entry.name if entry else None, opt_trial_id=s.trial_id)

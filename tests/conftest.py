@@ -40,6 +40,18 @@ def ray_local():
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+
+    @ray.remote(num_cpus=1)
+    def warm_up() -> int:
+        import time
+
+        import lightning.pytorch  # noqa: F401 - the slow import, done once per worker
+
+        time.sleep(0.5)  # hold the CPU so the other task gets its own worker
+        return os.getpid()
+
+    # Start both workers now, so that the first timed test does not wait for their imports.
+    assert len(set(ray.get([warm_up.remote() for _ in range(2)]))) == 2
     try:
         yield ray
     finally:

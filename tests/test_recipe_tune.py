@@ -69,3 +69,22 @@ def test_datamodule_class_gets_the_config_values_it_accepts() -> None:
     assert _datamodule_factory(tiny_task.datamodule) is tiny_task.datamodule
     with pytest.raises(ConfigurationError, match="datamodule"):
         _datamodule_factory(42)
+
+
+def test_recipe_executor_keys_reach_the_tuner(tmp_path) -> None:
+    from fms_lightning.recipe_tune import tuner_from_recipe
+
+    def recipe(**over):
+        return {"hub": None, "search_space": {"lr": {"type": "log_uniform", "low": 1e-3, "high": 0.1}},
+                "study_dir": str(tmp_path / "s"), **over}
+
+    tuner, plain = tuner_from_recipe(recipe(executor="ray", max_concurrent=2, storage=f"file://{tmp_path}/bucket",
+                                            ray_address="auto"))
+    assert (tuner.executor, tuner.max_concurrent, tuner.ray_address) == ("ray", 2, "auto")
+    assert tuner.storage.root == f"file://{tmp_path}/bucket" and plain["max_concurrent"] == 2
+    local, _ = tuner_from_recipe(recipe())
+    assert local.executor == "local" and local.storage.root == str(tmp_path / "s")
+    with pytest.raises(ConfigurationError, match="needs executor='ray'"):
+        tuner_from_recipe(recipe(max_concurrent=3))
+    with pytest.raises(ConfigurationError, match="executor must be one of"):
+        tuner_from_recipe(recipe(executor="spark"))

@@ -207,3 +207,11 @@ def test_runs_recorded_by_the_callback_pretrain_the_surrogate(tmp_path) -> None:
     assert opt._pretrained
     result = tuner.fit()  # a fresh study state: pretrains, then tunes
     assert result.budget_used == 2
+
+
+def test_a_study_from_before_committed_checkpoints_is_refused_clearly(tmp_path) -> None:
+    _tuner(tmp_path, budget=2).fit()
+    with Study(tmp_path / "study") as study:
+        study.set_meta("schema_version", 1)  # as written by the earlier development version
+    with pytest.raises(ConfigurationError, match="earlier development version.*new study_dir"):
+        _tuner(tmp_path, budget=4).fit()

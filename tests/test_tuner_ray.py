@@ -61,6 +61,8 @@ def _ray_tuner(tmp_path, budget=8, method="dyhpo", callbacks=(), executor="ray",
 
 
 def test_segments_run_in_parallel_on_workers_and_the_driver_writes_the_study(ray_local, tmp_path) -> None:
+    free = ray_local.available_resources().get("CPU", 0)
+    assert free == 2, f"an earlier test left Ray tasks holding CPUs: {ray_local.available_resources()}"
     store = tmp_path / "bucket"
     tuner = _ray_tuner(tmp_path, budget=8, max_concurrent=2, storage=f"file://{store}", callbacks=[SlowEpochs(0.4)])
     result = tuner.fit()

@@ -26,7 +26,9 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from fms_lightning._ray import check_executor, ensure_ray, is_lost_worker, require_ray
+from fms_lightning._ray import (
+    cancel_all, check_executor, describe, ensure_ray, is_lost_worker, raise_task_cause, require_ray,
+)
 from fms_lightning.errors import ConfigurationError, FMSError, MissingMetricError, TrialFailedError
 from fms_lightning.optim.module import NAdamWListModule
 from fms_lightning.optim.presets import NADAMW_LIST, NAdamWPoint, preset_name
@@ -328,12 +330,9 @@ def _run_on_ray(
                 try:
                     done[rank] = ray.get(ref)
                 except ray.exceptions.RayTaskError as err:  # the trial's own code raised
-                    cause = getattr(err, "cause", None)
-                    if isinstance(cause, BaseException):
-                        raise cause from err
-                    raise
+                    raise_task_cause(err)
                 except ray.exceptions.RayError as err:
-                    reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+                    reason = describe(err)
                     if is_lost_worker(err) and attempt < RAY_ATTEMPTS:
                         queue.append((rank, point, attempt + 1))  # run next, before later ranks
                         continue
@@ -342,11 +341,7 @@ def _run_on_ray(
                     done[rank] = SweepTrial(rank, point, (), None, None, reason)
         return [done[rank] for rank, _ in jobs]
     finally:
-        for ref in in_flight:  # after an error: do not leave trials running
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001,S110 - best effort
-                pass
+        cancel_all(in_flight)  # after an error: do not leave trials running
         if started:
             ray.shutdown()
 
