@@ -52,7 +52,18 @@ def ray_local():
 
     # Start both workers now, so that the first timed test does not wait for their imports.
     assert len(set(ray.get([warm_up.remote() for _ in range(2)]))) == 2
+    wait_for_free_cpus(ray)
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def wait_for_free_cpus(ray, cpus: float = 2.0, timeout: float = 30.0) -> None:
+    """Wait until Ray reports ``cpus`` free CPUs (it frees them shortly after tasks end)."""
+    import time
+
+    deadline = time.time() + timeout
+    while ray.available_resources().get("CPU", 0.0) < cpus:
+        assert time.time() < deadline, f"Ray tasks are still holding CPUs: {ray.available_resources()}"
+        time.sleep(0.1)

@@ -23,6 +23,7 @@ from fms_lightning.executors import LocalExecutor, RayExecutor
 from fms_lightning.study import Study, TrialStatus
 from fms_lightning.tuner import FMSTuner
 from tests import tiny_task
+from tests.conftest import wait_for_free_cpus
 from tests.test_tuner import _check_study
 
 pytest.importorskip("ray")
@@ -61,10 +62,9 @@ def _ray_tuner(tmp_path, budget=8, method="dyhpo", callbacks=(), executor="ray",
 
 
 def test_segments_run_in_parallel_on_workers_and_the_driver_writes_the_study(ray_local, tmp_path) -> None:
-    free = ray_local.available_resources().get("CPU", 0)
-    assert free == 2, f"an earlier test left Ray tasks holding CPUs: {ray_local.available_resources()}"
+    wait_for_free_cpus(ray_local)  # both CPUs free: an earlier test's tasks must not serialise this one
     store = tmp_path / "bucket"
-    tuner = _ray_tuner(tmp_path, budget=8, max_concurrent=2, storage=f"file://{store}", callbacks=[SlowEpochs(0.4)])
+    tuner = _ray_tuner(tmp_path, budget=8, max_concurrent=2, storage=f"file://{store}", callbacks=[SlowEpochs(0.6)])
     result = tuner.fit()
     _check_study(tmp_path / "study", 8)  # exactly the budget: in-flight epochs count against it
     assert result.budget_used == 8
@@ -130,6 +130,7 @@ KILLABLE_DRIVER = textwrap.dedent(
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={{"env_vars": {{"PYTHONPATH": {repo!r}, "OMP_NUM_THREADS": "1"}}}})
     from tests import tiny_task
+from tests.conftest import wait_for_free_cpus
     from fms_lightning.tuner import FMSTuner
     hub = tiny_task.make_hub(__import__("pathlib").Path({hub!r}))
     FMSTuner(tiny_task.build, tiny_task.datamodule, tiny_task.space(hub), hub, monitor="val_acc", mode="max",
