@@ -211,6 +211,8 @@ class FMSTuner:
         self.segments: list[SegmentResult] = []
         #: Seconds each suggestion of the last :meth:`fit` call took (surrogate fit and EI_MF), in order.
         self.suggest_seconds: list[float] = []
+        #: Segments of the last :meth:`fit` call whose worker or node was lost, with the reason (each was re-run).
+        self.lost_segments: list[tuple[SegmentSpec, str]] = []
 
     # ------------------------------------------------------------------ helpers
     def _entry(self, config: Mapping[str, Any]) -> HubEntry | None:
@@ -418,7 +420,7 @@ class FMSTuner:
             study.set_meta("tuner_settings", self._settings())
             opt = self.optimizer = self._new_optimizer()
             unfinished = self._restore(opt, study)
-            self.segments, self.suggest_seconds = [], []
+            self.segments, self.suggest_seconds, self.lost_segments = [], [], []
             failures: list[str] = []
             lost: Counter[int] = Counter()
             used = self._committed_budget(study)
@@ -437,6 +439,7 @@ class FMSTuner:
                         spec, outcome = executor.next_done()
                         inflight -= spec.target - spec.start_epoch
                         if isinstance(outcome, LostWorker):
+                            self.lost_segments.append((spec, outcome.reason))
                             lost[spec.study_trial] += 1
                             if lost[spec.study_trial] <= self.max_lost_worker_retries:
                                 log.warning("Trial %s: %s; re-running it from epoch %s.", spec.study_trial,

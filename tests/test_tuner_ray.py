@@ -118,6 +118,7 @@ def test_a_killed_worker_is_rerun_from_its_checkpoint(ray_local, tmp_path) -> No
     assert result.budget_used == 6
     with Study(tmp_path / "study", readonly=True) as study:
         assert not study.trials(TrialStatus.FAILED)  # the lost segment was re-run, not failed
+    assert [reason.split(":")[0] for _, reason in tuner.lost_segments] == ["WorkerCrashedError"]
     killed_pid = marker.read_text()
     assert all(s.worker.split(":")[1] != killed_pid for s in tuner.segments)
 
@@ -184,3 +185,78 @@ def test_bad_executor_settings_are_explained(tmp_path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(ConfigurationError, match=r"pip install 'fms-lightning\[ray\]'"):
         _ray_tuner(tmp_path, max_concurrent=2).fit()
+
+
+class HoldOnNode(Callback):
+    """On the given Ray node, announces itself in ``marker`` and holds the segment open."""
+
+    def __init__(self, node_id: str, marker: str) -> None:
+        self.node_id, self.marker = node_id, marker
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import ray
+
+        if ray.get_runtime_context().get_node_id() == self.node_id and not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            time.sleep(60)  # the node is removed during this
+
+
+LOST_NODE = textwrap.dedent(
+    """
+    import json, sys, threading, time, os
+    sys.path.insert(0, {repo!r})
+    import ray
+    from ray.cluster_utils import Cluster
+    from tests import tiny_task
+    from tests.test_tuner_ray import HoldOnNode, SlowEpochs
+    from fms_lightning.tuner import FMSTuner
+
+    cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
+    node = cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, log_to_driver=False,
+             runtime_env={{"env_vars": {{"PYTHONPATH": {repo!r}, "OMP_NUM_THREADS": "1"}}}})
+    hub = tiny_task.make_hub(__import__("pathlib").Path({hub!r}))
+    tuner = FMSTuner(tiny_task.build, tiny_task.datamodule, tiny_task.space(hub), hub, monitor="val_acc",
+                     mode="max", budget_epochs={budget}, max_epochs_per_trial=3, method="dyhpo",
+                     study_dir={study!r}, seed=0, optimizer_kwargs=tiny_task.FAST_OPT, progress=False,
+                     executor="ray", max_concurrent=2,
+                     trainer_kwargs={{"callbacks": [HoldOnNode(node.node_id, {marker!r}), SlowEpochs(0.2)]}})
+
+    def remove_node_mid_segment():
+        while not os.path.exists({marker!r}):
+            time.sleep(0.05)
+        time.sleep(0.5)
+        cluster.remove_node(node, allow_graceful=False)
+
+    threading.Thread(target=remove_node_mid_segment, daemon=True).start()
+    tuner.fit()
+    print("REPORT", json.dumps({{"lost": [reason for _, reason in tuner.lost_segments]}}), flush=True)
+    ray.shutdown()
+    cluster.shutdown()
+    """
+)
+
+
+def test_a_lost_node_has_its_segment_rerun_elsewhere(tmp_path) -> None:
+    """A two-node Ray cluster loses a node mid-segment; the study still completes, exactly."""
+    import json
+
+    budget = 6
+    tiny_task.make_hub(tmp_path / "hub")
+    code = LOST_NODE.format(repo=str(REPO), hub=str(tmp_path / "hub"), budget=budget, study=str(tmp_path / "study"),
+                            marker=str(tmp_path / "holding"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    report = json.loads(next(line for line in out.splitlines() if line.startswith("REPORT "))[7:])
+    assert report["lost"] and all(r.startswith(("NodeDiedError", "WorkerCrashedError", "ObjectLostError"))
+                                  for r in report["lost"]), report
+    _check_study(tmp_path / "study", budget)
+    with Study(tmp_path / "study", readonly=True) as study:
+        assert not study.trials(TrialStatus.FAILED)
