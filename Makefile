@@ -1,13 +1,14 @@
 # Two entry points a new user needs; each does its own set-up.
 #   make demo   Forecasting Model Search over the embedded digits hub (the main job)
 #   make test   run the whole test suite
-# Also: make demo-nadamw (the digits CNN with a NAdamW-list preset), make bench (BENCHMARKS.md), make bench-optim.
+# Also: make demo-nadamw (the digits CNN with a NAdamW-list preset), make bench (BENCHMARKS.md), make bench-optim,
+# make bench-ray (1 against 2 Ray workers).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-nadamw test bench bench-optim install clean
+.PHONY: demo demo-nadamw test bench bench-optim bench-ray install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +33,14 @@ bench: $(STAMP)
 	$(BIN)/fms-lightning bench build --size full
 	$(BIN)/fms-lightning bench run --hub cnn --task mirror $(BENCH_RUN)
 	$(BIN)/fms-lightning bench run --hub diverse --task mirror $(BENCH_RUN)
-	$(BIN)/fms-lightning bench report --preamble docs/bench/preamble.md --epilogue docs/bench/findings.md
+	$(BIN)/fms-lightning bench report --preamble docs/bench/preamble.md --epilogue docs/bench/findings.md docs/lists-benchmark.md
 
 bench-optim: $(STAMP)
 	$(BIN)/python scripts/bench_nadamw.py
+
+# 1 against 2 Ray workers on a fixed budget (docs/bench/ray.md, ~6 min).
+bench-ray: $(STAMP)
+	$(BIN)/python scripts/bench_ray.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info lightning_logs

@@ -439,16 +439,11 @@ class FMSTuner:
                         spec, outcome = executor.next_done()
                         inflight -= spec.target - spec.start_epoch
                         if isinstance(outcome, LostWorker):
-                            self.lost_segments.append((spec, outcome.reason))
-                            lost[spec.study_trial] += 1
-                            if lost[spec.study_trial] <= self.max_lost_worker_retries:
-                                log.warning("Trial %s: %s; re-running it from epoch %s.", spec.study_trial,
-                                            outcome.reason, spec.start_epoch)
+                            outcome = self._rerun_or_fail(spec, outcome, lost)
+                            if outcome is None:  # re-run from the same committed checkpoint
                                 executor.submit(spec)
                                 inflight += spec.target - spec.start_epoch
                                 continue
-                            outcome = SegmentResult(spec, (), None, None, f"LostWorker: {outcome.reason} "
-                                                    f"({lost[spec.study_trial]} times)", "", time.time())
                         self._finish(opt, study, outcome, failures)
                         used = self._committed_budget(study)
                         best = opt.best()
@@ -474,6 +469,16 @@ class FMSTuner:
         sid = study.add_trial(s.config, entry.name if entry else None, opt_trial_id=s.trial_id)
         study.set_status(sid, TrialStatus.RUNNING)
         return self._spec(study, sid, s.trial_id, dict(s.config), s.epoch)
+
+    def _rerun_or_fail(self, spec: SegmentSpec, lost: LostWorker, counts: Counter[int]) -> SegmentResult | None:
+        """``None`` if a segment whose worker was lost should run again, else its failure."""
+        self.lost_segments.append((spec, lost.reason))
+        counts[spec.study_trial] += 1
+        if counts[spec.study_trial] <= self.max_lost_worker_retries:
+            log.warning("Trial %s: %s; re-running it from epoch %s.", spec.study_trial, lost.reason, spec.start_epoch)
+            return None
+        reason = f"LostWorker: its worker was lost {counts[spec.study_trial]} times; last: {lost.reason}"
+        return SegmentResult(spec, (), None, None, reason, "", time.time())
 
     def _finish(self, opt: FMSOptimizer, study: Study, result: SegmentResult, failures: list[str]) -> None:
         """Commit a finished segment, tell the optimizer, and track consecutive failures."""

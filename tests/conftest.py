@@ -40,19 +40,7 @@ def ray_local():
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
-
-    @ray.remote(num_cpus=1)
-    def warm_up() -> int:
-        import time
-
-        import lightning.pytorch  # noqa: F401 - the slow import, done once per worker
-
-        time.sleep(0.5)  # hold the CPU so the other task gets its own worker
-        return os.getpid()
-
-    # Start both workers now, so that the first timed test does not wait for their imports.
-    assert len(set(ray.get([warm_up.remote() for _ in range(2)]))) == 2
-    wait_for_free_cpus(ray)
+    warm_workers(ray)
     try:
         yield ray
     finally:
@@ -67,3 +55,23 @@ def wait_for_free_cpus(ray, cpus: float = 2.0, timeout: float = 30.0) -> None:
     while ray.available_resources().get("CPU", 0.0) < cpus:
         assert time.time() < deadline, f"Ray tasks are still holding CPUs: {ray.available_resources()}"
         time.sleep(0.1)
+
+
+def warm_workers(ray, n: int = 2) -> None:
+    """Make sure ``n`` Ray workers are up with Lightning imported, and their CPUs free again.
+
+    A test that measures parallelism calls this first: a worker that is still
+    starting (or replaces one an earlier test killed) would serialise its tasks.
+    """
+    import os
+    import time
+
+    @ray.remote(num_cpus=1)
+    def warm_up() -> int:
+        import lightning.pytorch  # noqa: F401 - the slow import, done once per worker
+
+        time.sleep(0.5)  # hold the CPU so that each task gets its own worker
+        return os.getpid()
+
+    assert len(set(ray.get([warm_up.remote() for _ in range(n)]))) == n
+    wait_for_free_cpus(ray, float(n))

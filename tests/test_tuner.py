@@ -215,3 +215,21 @@ def test_a_study_from_before_committed_checkpoints_is_refused_clearly(tmp_path) 
         study.set_meta("schema_version", 1)  # as written by the earlier development version
     with pytest.raises(ConfigurationError, match="earlier development version.*new study_dir"):
         _tuner(tmp_path, budget=4).fit()
+
+
+def test_a_segment_whose_worker_keeps_dying_fails_its_trial_after_the_retries(tmp_path) -> None:
+    from collections import Counter
+
+    from fms_lightning.executors import LostWorker
+    from fms_lightning.segment import SegmentSpec
+
+    tuner = _tuner(tmp_path, max_lost_worker_retries=2)
+    spec, counts = SegmentSpec(1, 0, {"lr": 0.1}, 0, 1), Counter()
+    assert tuner._rerun_or_fail(spec, LostWorker("WorkerCrashedError: a"), counts) is None
+    assert tuner._rerun_or_fail(spec, LostWorker("WorkerCrashedError: b"), counts) is None
+    failed = tuner._rerun_or_fail(spec, LostWorker("NodeDiedError: c"), counts)
+    assert failed is not None and failed.checkpoint is None and failed.records == ()
+    assert "lost 3 times" in failed.error and "NodeDiedError: c" in failed.error
+    assert len(tuner.lost_segments) == 3
+    with pytest.raises(ConfigurationError, match="max_lost_worker_retries"):
+        _tuner(tmp_path, max_lost_worker_retries=-1)

@@ -23,7 +23,7 @@ from fms_lightning.executors import LocalExecutor, RayExecutor
 from fms_lightning.study import Study, TrialStatus
 from fms_lightning.tuner import FMSTuner
 from tests import tiny_task
-from tests.conftest import wait_for_free_cpus
+from tests.conftest import warm_workers
 from tests.test_tuner import _check_study
 
 pytest.importorskip("ray")
@@ -62,7 +62,7 @@ def _ray_tuner(tmp_path, budget=8, method="dyhpo", callbacks=(), executor="ray",
 
 
 def test_segments_run_in_parallel_on_workers_and_the_driver_writes_the_study(ray_local, tmp_path) -> None:
-    wait_for_free_cpus(ray_local)  # both CPUs free: an earlier test's tasks must not serialise this one
+    warm_workers(ray_local)  # two live workers and free CPUs: earlier tests may have killed workers
     store = tmp_path / "bucket"
     tuner = _ray_tuner(tmp_path, budget=8, max_concurrent=2, storage=f"file://{store}", callbacks=[SlowEpochs(0.6)])
     result = tuner.fit()
@@ -131,7 +131,6 @@ KILLABLE_DRIVER = textwrap.dedent(
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={{"env_vars": {{"PYTHONPATH": {repo!r}, "OMP_NUM_THREADS": "1"}}}})
     from tests import tiny_task
-from tests.conftest import wait_for_free_cpus
     from fms_lightning.tuner import FMSTuner
     hub = tiny_task.make_hub(__import__("pathlib").Path({hub!r}))
     FMSTuner(tiny_task.build, tiny_task.datamodule, tiny_task.space(hub), hub, monitor="val_acc", mode="max",
@@ -149,8 +148,8 @@ def test_killing_the_driver_and_rerunning_resumes_the_study(tmp_path) -> None:
     tiny_task.make_hub(tmp_path / "hub")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # Its own session, so the kill takes the driver and the local Ray it started down together.
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    log = (tmp_path / "driver.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=log, start_new_session=True)
     db = tmp_path / "study" / "study.sqlite"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:  # kill once some epochs are committed
@@ -159,8 +158,10 @@ def test_killing_the_driver_and_rerunning_resumes_the_study(tmp_path) -> None:
                 if study.budget_used() >= 2:
                     break
         time.sleep(0.1)
+    assert proc.poll() is None, "the driver ended before it was killed:\n" + (tmp_path / "driver.log").read_text()[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    log.close()
     with Study(tmp_path / "study", readonly=True) as study:
         assert 0 < study.budget_used() < budget, "the driver should have been killed mid-study"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

@@ -67,7 +67,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from fms_lightning.bench.report import write_report
 
     pre = Path(args.preamble).read_text(encoding="utf-8") if args.preamble else ""
-    epi = Path(args.epilogue).read_text(encoding="utf-8") if args.epilogue else ""
+    epi = "\n\n".join(Path(p).read_text(encoding="utf-8").rstrip() for p in args.epilogue or [])
     path = write_report(args.out, args.report, plot_dir=args.plots, cache_dir=args.cache, preamble=pre, epilogue=epi)
     print(f"wrote {path}")
     return 0
@@ -115,6 +115,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     report.add_argument("--report", default="BENCHMARKS.md")
     report.add_argument("--plots", default="docs/bench")
     report.add_argument("--preamble", default=None, help="markdown file placed before the tables")
-    report.add_argument("--epilogue", default=None, help="markdown file placed after the tables")
+    report.add_argument("--epilogue", default=None, nargs="+",
+                        help="markdown files placed after the tables, in order")
     report.set_defaults(func=_cmd_report)
     return bench
