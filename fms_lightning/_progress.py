@@ -21,13 +21,16 @@ class BudgetProgress:
             self._bar = tqdm(total=total, initial=min(initial, total), unit="epoch", desc="FMS budget",
                              file=sys.stderr, dynamic_ncols=True)
 
-    def update_to(self, used: int, incumbent: float | None) -> None:
-        """Move the bar to ``used`` epochs and show the incumbent value."""
+    def update_to(self, used: int, incumbent: float | None, *, running: int | None = None) -> None:
+        """Move the bar to ``used`` epochs; show the incumbent value and, if given, the trials in flight."""
         if self._bar is None:
             return
         self._bar.n = min(used, self._bar.total)
-        if incumbent is not None:
-            self._bar.set_postfix_str(f"best={incumbent:.4f}", refresh=False)
+        parts = [] if incumbent is None else [f"best={incumbent:.4f}"]
+        if running is not None:
+            parts.append(f"running={running}")
+        if parts:
+            self._bar.set_postfix_str(" ".join(parts), refresh=False)
         self._bar.refresh()
 
     def __enter__(self) -> BudgetProgress:

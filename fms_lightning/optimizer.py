@@ -32,7 +32,7 @@ from fms_lightning.surrogate.dataset import InputLayout, make_row, training_rows
 from fms_lightning.surrogate.gp import Surrogate, SurrogateConfig
 from fms_lightning.surrogate.weights import GraphFn, WeightFeaturizer, model_graph_fn
 
-__all__ = ["Method", "TrialStatus", "Suggestion", "FMSOptimizer"]
+__all__ = ["Method", "TrialStatus", "Suggestion", "TrialInfo", "FMSOptimizer"]
 
 Weights = Mapping[str, torch.Tensor] | str | Path
 
@@ -56,6 +56,28 @@ class Suggestion:
     trial_id: int
     config: dict[str, Any]
     epoch: int
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    """A trial as the optimizer sees it (a copy: changing it changes nothing).
+
+    Attributes:
+        trial_id: The id :meth:`FMSOptimizer.suggest` gave it.
+        config: Its hyperparameters.
+        status: Running (suggested, not yet observed up to ``target``), paused,
+            completed or failed.
+        epochs: How many epochs have been observed.
+        target: The epoch it was last suggested to train to.
+        reason: Why it failed, if it did.
+    """
+
+    trial_id: int
+    config: dict[str, Any]
+    status: TrialStatus
+    epochs: int
+    target: int
+    reason: str | None = None
 
 
 @dataclass
@@ -341,6 +363,25 @@ class FMSOptimizer:
             rows.append(row)
         mean, std = self.surrogate.predict(torch.stack(rows))
         return (mean if self.mode == "max" else -mean), std
+
+    def trial(self, trial_id: int) -> TrialInfo:
+        """What the optimizer knows of one trial.
+
+        Raises:
+            ConfigurationError: For an id that :meth:`suggest` never returned.
+        """
+        t = self._get(trial_id)
+        return TrialInfo(trial_id, dict(t.config), t.status, len(t.curve), t.target, t.reason)
+
+    @property
+    def trial_ids(self) -> list[int]:
+        """Every trial id handed out, in order."""
+        return list(self.trials)
+
+    def pending(self) -> list[Suggestion]:
+        """The suggestions handed out and not yet observed to their epoch (nor failed), oldest first."""
+        return [Suggestion(tid, dict(t.config), t.target) for tid, t in self.trials.items()
+                if t.status is TrialStatus.RUNNING]
 
     # -- internals -------------------------------------------------------------------
     def _get(self, trial_id: int) -> _Trial:

@@ -308,7 +308,7 @@ class FMSTuner:
 
         The optimizer's state is saved only when something was observed.
         """
-        known = len(opt.trials[opt_trial].curve)
+        known = opt.trial(opt_trial).epochs
         new = [o for o in study.observations(study_trial) if o.epoch > known]
         for o in new:
             weights = str(study.path / o.snapshot) if o.snapshot else None
@@ -363,18 +363,17 @@ class FMSTuner:
         else:
             self._pretrain_from_recorded_runs(opt, study)
         for t in study.trials():  # what was committed after the last saved optimizer state
-            if t.opt_trial_id not in opt.trials:
+            if t.opt_trial_id not in opt.trial_ids:
                 continue
             self._tell(opt, study, t.opt_trial_id, t.trial_id)
-            status = opt.trials[t.opt_trial_id].status
+            status = opt.trial(t.opt_trial_id).status
             if t.status is TrialStatus.FAILED and status is not TrialStatus.FAILED:
                 opt.mark_failed(t.opt_trial_id, t.reason or "failed")
                 study.save_tuner_state(opt.state_dict())
             elif status is not TrialStatus.RUNNING and t.status is TrialStatus.RUNNING:
                 study.set_status(t.trial_id, status)
         # Trials the optimizer handed out but that never finished: train them first.
-        return [Suggestion(tid, dict(t.config), t.target) for tid, t in opt.trials.items()
-                if t.status is TrialStatus.RUNNING]
+        return opt.pending()
 
     def _make_executor(self) -> LocalExecutor | RayExecutor:
         if self.executor == "ray":
@@ -447,7 +446,8 @@ class FMSTuner:
                         self._finish(opt, study, outcome, failures)
                         used = self._committed_budget(study)
                         best = opt.best()
-                        bar.update_to(used, None if best is None else best[3])
+                        bar.update_to(used, None if best is None else best[3],
+                                      running=len(executor) if executor.capacity > 1 else None)
                         if best is not None:
                             writer.add_scalar("tuner/incumbent", best[3], used)
                         fit_loss = getattr(opt.surrogate, "last_fit_loss", None)

@@ -322,3 +322,22 @@ def test_failures_teach_the_surrogate_to_avoid_failing_regions():
             opt.observe(s.trial_id, s.epoch, s.config["lr"] + 0.1 * s.epoch)
     assert failures <= 3  # in the second half, failing configs are (almost) never suggested
     assert opt.trials[next(t for t, tr in opt.trials.items() if tr.reason)].failed_at == 1
+
+
+def test_trial_and_pending_report_what_the_optimizer_knows():
+    opt = _opt()
+    _drive(opt, 3)
+    a, b = opt.suggest(), opt.suggest()
+    assert [s.trial_id for s in opt.pending()] == [a.trial_id, b.trial_id]
+    info = opt.trial(a.trial_id)
+    assert (info.status, info.target, info.epochs) == (TrialStatus.RUNNING, a.epoch, a.epoch - 1)
+    info.config["lr"] = -1.0  # a copy
+    assert opt.trial(a.trial_id).config == a.config
+    opt.observe(a.trial_id, a.epoch, 0.5)
+    opt.mark_failed(b.trial_id, "OOM")
+    assert opt.pending() == []
+    assert opt.trial(a.trial_id).epochs == a.epoch and opt.trial(a.trial_id).status is TrialStatus.PAUSED
+    assert (opt.trial(b.trial_id).status, opt.trial(b.trial_id).reason) == (TrialStatus.FAILED, "OOM")
+    assert set(opt.trial_ids) >= {a.trial_id, b.trial_id}
+    with pytest.raises(ConfigurationError, match="Unknown trial_id"):
+        opt.trial(10_000)

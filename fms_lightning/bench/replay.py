@@ -200,7 +200,7 @@ def run_replay(bench: Benchmark, variant: str, seed: int, settings: RunSettings 
                 suggestion = opt.suggest()
                 overhead += time.perf_counter() - t0
                 k = bench.index(suggestion.config)
-                done = len(opt.trials[suggestion.trial_id].curve)
+                done = opt.trial(suggestion.trial_id).epochs
                 for epoch in range(done + 1, suggestion.epoch + 1):
                     if len(values) >= settings.budget:
                         break
@@ -220,7 +220,7 @@ def run_replay(bench: Benchmark, variant: str, seed: int, settings: RunSettings 
         benchmark=bench.name, variant=name, seed=seed,
         regret=tuple(float(r) for r in regret_curve(values, bench.best_possible)), tau=tau,
         overhead_seconds=round(overhead, 4), total_seconds=round(time.perf_counter() - start, 3),
-        n_trials=len(opt.trials), best_config=dict(best[1]) if best else {},
+        n_trials=len(opt.trial_ids), best_config=dict(best[1]) if best else {},
     )
 
 
