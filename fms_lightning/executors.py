@@ -1,7 +1,8 @@
 """Executors run trial segments for the tuner: in this process, or as Ray tasks.
 
 Both take :class:`~fms_lightning.segment.SegmentSpec` s with :meth:`submit` and
-hand back finished ones with :meth:`next_done`, as ``(spec, outcome)``. The
+hand back finished ones with :meth:`next_done`, as ``(spec, outcome)``; with a
+``timeout`` it returns ``None`` when nothing finished in time. The
 outcome is a :class:`~fms_lightning.segment.SegmentResult`, or :class:`LostWorker`
 when the process running it went away (the segment can be run again from the
 same committed checkpoint). Errors every trial would hit are raised.
@@ -44,7 +45,10 @@ class LocalExecutor:
     def submit(self, spec: SegmentSpec) -> None:
         self._queue.append(spec)
 
-    def next_done(self) -> tuple[SegmentSpec, Outcome]:
+    def next_done(self, timeout: float | None = None) -> tuple[SegmentSpec, Outcome] | None:
+        """Run the oldest queued segment; ``None`` with a ``timeout`` (nothing runs in the background)."""
+        if timeout is not None or not self._queue:
+            return None
         spec = self._queue.popleft()
         return spec, self.runner.run(spec)
 
@@ -90,10 +94,15 @@ class RayExecutor:
     def submit(self, spec: SegmentSpec) -> None:
         self._inflight[self._task.remote(self._runner, spec)] = spec
 
-    def next_done(self) -> tuple[SegmentSpec, Outcome]:
+    def next_done(self, timeout: float | None = None) -> tuple[SegmentSpec, Outcome] | None:
+        """A finished segment: wait for one (at most ``timeout`` seconds; ``None`` if none finished)."""
         from fms_lightning._ray import describe, is_lost_worker, raise_task_cause
 
-        ready, _ = self._ray.wait(list(self._inflight), num_returns=1)
+        if not self._inflight:
+            return None
+        ready, _ = self._ray.wait(list(self._inflight), num_returns=1, timeout=timeout)
+        if not ready:
+            return None
         ref = ready[0]
         spec = self._inflight.pop(ref)
         try:

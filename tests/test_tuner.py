@@ -233,3 +233,31 @@ def test_a_segment_whose_worker_keeps_dying_fails_its_trial_after_the_retries(tm
     assert len(tuner.lost_segments) == 3
     with pytest.raises(ConfigurationError, match="max_lost_worker_retries"):
         _tuner(tmp_path, max_lost_worker_retries=-1)
+
+
+def test_pace_waits_only_for_segments_due_before_a_refit(monkeypatch) -> None:
+    from fms_lightning import tuner as tuner_module
+    from fms_lightning.segment import SegmentSpec
+
+    clock = [100.0]
+    monkeypatch.setattr(tuner_module.time, "monotonic", lambda: clock[0])
+    pace = tuner_module._Pace()
+    a, b = SegmentSpec(1, 0, {}, 0, 1), SegmentSpec(2, 1, {}, 0, 1)
+    assert pace.wait_seconds([3.0]) == 0.0  # nothing known yet: take only what has finished
+    pace.submitted(a)
+    pace.submitted(b)
+    clock[0] = 101.0
+    pace.finished(a, 1.0)  # segments take about 1 s
+    assert pace.wait_seconds([3.0]) == pytest.approx(0.25)  # b is due now: wait a little for it
+    assert pace.wait_seconds([0.1]) == pytest.approx(0.1)  # never longer than a refit
+    pace.finished(b, 1.0)
+    pace.submitted(a)  # a new 1 s segment, with refits of 3 s: wait for it
+    assert pace.wait_seconds([3.0]) == pytest.approx(1.25)
+    assert pace.wait_seconds([0.5]) == 0.0  # a refit is quicker than waiting: suggest now
+    pace.finished(a, None)  # lost: no duration
+    for _ in range(10):  # long epochs (60 s) against 3 s refits: never wait
+        pace.submitted(b)
+        clock[0] += 60.0
+        pace.finished(b, 60.0)
+    pace.submitted(b)
+    assert pace.wait_seconds([3.0]) == 0.0
