@@ -10,6 +10,8 @@ same committed checkpoint). Errors every trial would hit are raised.
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -17,7 +19,7 @@ from typing import Any
 
 from fms_lightning.segment import SegmentResult, SegmentRunner, SegmentSpec
 
-__all__ = ["LocalExecutor", "LostWorker", "RayExecutor"]
+__all__ = ["LocalExecutor", "LostWorker", "RayExecutor", "RefitPacer"]
 
 
 @dataclass(frozen=True)
@@ -122,3 +124,38 @@ class RayExecutor:
         self._inflight.clear()
         if self._started:
             self._ray.shutdown()
+
+
+class RefitPacer:
+    """When to stop gathering finished segments and suggest again (for parallel executors).
+
+    A surrogate refit takes about as long as the recent suggestions did. A
+    segment in flight that is expected to finish sooner than that is worth
+    waiting for: one refit then covers its result too, instead of a refit now
+    and another right after. Segments expected later are not waited for, so
+    with epochs much longer than a refit the loop stays fully asynchronous.
+    """
+
+    def __init__(self) -> None:
+        self._started: dict[int, float] = {}
+        self._durations: list[float] = []
+
+    def submitted(self, spec: SegmentSpec) -> None:
+        self._started[spec.study_trial] = time.monotonic()
+
+    def finished(self, spec: SegmentSpec, seconds: float | None) -> None:
+        """``seconds``: how long the worker took (not when the driver noticed, which can be much later)."""
+        self._started.pop(spec.study_trial, None)
+        if seconds is not None:
+            self._durations.append(seconds)
+
+    def wait_seconds(self, suggest_seconds: list[float]) -> float:
+        """How long to wait for the next finished segment before suggesting (0: only take finished ones)."""
+        if not self._started or not self._durations or not suggest_seconds:
+            return 0.0
+        refit = statistics.median(suggest_seconds[-5:])
+        typical = statistics.median(self._durations[-10:])
+        now = time.monotonic()
+        remaining = [max(0.0, start + typical - now) for start in self._started.values()]
+        due = [r for r in remaining if r < refit]
+        return min(refit, max(due) + 0.25 * typical) if due else 0.0

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -30,7 +29,7 @@ import lightning.pytorch as pl
 import torch
 
 from fms_lightning.errors import ConfigurationError, FMSError, TrialFailedError
-from fms_lightning.executors import LocalExecutor, LostWorker, RayExecutor
+from fms_lightning.executors import LocalExecutor, LostWorker, RayExecutor, RefitPacer
 from fms_lightning.hub import HubEntry, ModelHub
 from fms_lightning.optimizer import FMSOptimizer, Method, Suggestion
 from fms_lightning.result import TuneResult, leaderboard, plot_study
@@ -64,41 +63,6 @@ def _summary_writer(path: Path) -> Any:
         return _NullWriter()
 
     return SummaryWriter(str(path))
-
-
-class _Pace:
-    """When to stop gathering finished segments and suggest again (for parallel executors).
-
-    A surrogate refit takes about as long as the recent suggestions did. A
-    segment in flight that is expected to finish sooner than that is worth
-    waiting for: one refit then covers its result too, instead of a refit now
-    and another right after. Segments expected later are not waited for, so
-    with epochs much longer than a refit the loop stays fully asynchronous.
-    """
-
-    def __init__(self) -> None:
-        self._started: dict[int, float] = {}
-        self._durations: list[float] = []
-
-    def submitted(self, spec: SegmentSpec) -> None:
-        self._started[spec.study_trial] = time.monotonic()
-
-    def finished(self, spec: SegmentSpec, seconds: float | None) -> None:
-        """``seconds``: how long the worker took (not when the driver noticed, which can be much later)."""
-        self._started.pop(spec.study_trial, None)
-        if seconds is not None:
-            self._durations.append(seconds)
-
-    def wait_seconds(self, suggest_seconds: list[float]) -> float:
-        """How long to wait for the next finished segment before suggesting (0: only take finished ones)."""
-        if not self._started or not self._durations or not suggest_seconds:
-            return 0.0
-        refit = statistics.median(suggest_seconds[-5:])
-        typical = statistics.median(self._durations[-10:])
-        now = time.monotonic()
-        remaining = [max(0.0, start + typical - now) for start in self._started.values()]
-        due = [r for r in remaining if r < refit]
-        return min(refit, max(due) + 0.25 * typical) if due else 0.0
 
 
 class FMSTuner:
@@ -460,7 +424,7 @@ class FMSTuner:
             lost: Counter[int] = Counter()
             used = self._committed_budget(study)
             executor = self._make_executor()
-            pace = _Pace()
+            pace = RefitPacer()
             writer = _summary_writer(self.study_dir / "tensorboard" / "tuner")
             try:
                 with BudgetProgress(self.budget_epochs, enabled=self.progress, initial=used) as bar, writer:

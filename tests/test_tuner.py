@@ -236,12 +236,12 @@ def test_a_segment_whose_worker_keeps_dying_fails_its_trial_after_the_retries(tm
 
 
 def test_pace_waits_only_for_segments_due_before_a_refit(monkeypatch) -> None:
-    from fms_lightning import tuner as tuner_module
+    from fms_lightning import executors
     from fms_lightning.segment import SegmentSpec
 
     clock = [100.0]
-    monkeypatch.setattr(tuner_module.time, "monotonic", lambda: clock[0])
-    pace = tuner_module._Pace()
+    monkeypatch.setattr(executors.time, "monotonic", lambda: clock[0])
+    pace = executors.RefitPacer()
     a, b = SegmentSpec(1, 0, {}, 0, 1), SegmentSpec(2, 1, {}, 0, 1)
     assert pace.wait_seconds([3.0]) == 0.0  # nothing known yet: take only what has finished
     pace.submitted(a)
