@@ -125,7 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     defaults = {"demo": "digits_demo", "tune": "digits_hub"}
     if len(argv) >= 2 and argv[0] in defaults and "=" in argv[1]:
         argv.insert(1, defaults[argv[0]])
-    args = parser.parse_args(argv)
+    # key=value overrides may also come after options ("sweep RECIPE --top 5 trainer.max_epochs=3").
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args))
     except FMSError as err:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from fms_lightning.cli import main
 from fms_lightning.optim import NADAMW_LIST
 
@@ -42,3 +44,21 @@ def test_every_subcommand_is_wired(capsys) -> None:
     for argv in (["tune"], ["status", "dir"], ["lists", "build", "--csv", "t.csv", "-k", "2", "-o", "l.yaml"],
                  ["sweep", "--top", "2"], ["demo"], ["presets"], ["bench", "report"]):
         assert callable(parser.parse_args(argv).func), argv
+
+
+def test_overrides_may_follow_the_options(monkeypatch) -> None:
+    """The README's `sweep digits_demo --top 5 --parallel 2 trainer.max_epochs=10` form."""
+    from fms_lightning.optim import sweep_cli
+
+    seen = {}
+
+    def fake_run(cfg, **kw):
+        seen.update(cfg=cfg, **kw)
+
+    monkeypatch.setattr(sweep_cli, "run_sweep_recipe", fake_run)
+    assert main(["sweep", "digits_demo", "--top", "2", "--parallel", "1", "trainer.max_epochs=3", "seed=4"]) == 0
+    assert seen["cfg"].trainer.max_epochs == 3 and seen["cfg"].seed == 4 and seen["top"] == 2
+    with pytest.raises(SystemExit):
+        main(["sweep", "digits_demo", "--top", "2", "--bogus"])
+    with pytest.raises(SystemExit):
+        main(["presets", "seed=4"])  # presets takes no overrides

@@ -38,8 +38,6 @@ __all__ = ["SweepTrial", "SweepResult", "sweep", "run_sweep_recipe", "register"]
 ModuleFactory = Callable[[NAdamWPoint], NAdamWListModule]
 Mode = Literal["min", "max"]
 
-#: How many times a Ray trial is started before a lost worker (crash, node death) counts as its failure.
-RAY_ATTEMPTS = 3
 #: CPUs (and torch threads) of each Ray trial.
 RAY_TRIAL_CPUS = 1
 
@@ -203,6 +201,7 @@ def sweep(
     trainer_kwargs: Mapping[str, Any] | None = None,
     executor: str = "local",
     ray_address: str | None = None,
+    max_lost_worker_retries: int = 3,
 ) -> SweepResult:
     """Train the first ``top`` presets of a list and report the best (the paper's K-trial protocol).
 
@@ -223,12 +222,12 @@ def sweep(
         trainer_kwargs: Extra ``lightning.Trainer`` options (they override the sweep's defaults:
             CPU, no logger, no checkpoints, no progress bar, deterministic).
         executor: ``"local"`` (processes of this machine) or ``"ray"`` (one Ray task per
-            trial, needs ``pip install 'fms-lightning[ray]'``). A Ray trial whose worker
-            or node is lost is run again, up to ``RAY_ATTEMPTS`` times in all, and then
-            recorded as failed.
+            trial, needs ``pip install 'fms-lightning[ray]'``).
         ray_address: With ``executor="ray"``, the cluster to connect to when Ray is not
             initialized yet (default: ``RAY_ADDRESS``, else a new local runtime, which is
             shut down when the sweep ends). Call ``ray.init(...)`` first for more control.
+        max_lost_worker_retries: How often a Ray trial whose worker or node was lost is
+            run again before it is recorded as failed (as in ``FMSTuner``).
 
     Returns:
         A :class:`SweepResult` with every trial in list order and ``.best``.
@@ -261,6 +260,9 @@ def sweep(
         raise ConfigurationError(f"mode must be 'min' or 'max', got {mode!r}.")
     if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
         raise ConfigurationError(f"max_epochs must be a positive integer, got {max_epochs!r}.")
+    if isinstance(max_lost_worker_retries, bool) or not isinstance(max_lost_worker_retries, int) \
+            or max_lost_worker_retries < 0:
+        raise ConfigurationError(f"max_lost_worker_retries must be an integer >= 0, got {max_lost_worker_retries!r}.")
     workers = min(parallel, top)
     kwargs = dict(trainer_kwargs or {})
     jobs = [(rank, points[rank - 1]) for rank in range(1, top + 1)]
@@ -269,8 +271,9 @@ def sweep(
         mode=mode, seed=seed, trainer_kwargs=kwargs,
     )
     if executor == "ray":
-        trials = _run_on_ray(jobs, module_factory, datamodule, kwargs, workers, ray_address, dict(
-            max_epochs=max_epochs, monitor=monitor, mode=mode, seed=seed))
+        trials = _run_on_ray(jobs, module_factory, datamodule, kwargs, workers, ray_address,
+                             max_lost_worker_retries + 1, dict(max_epochs=max_epochs, monitor=monitor, mode=mode,
+                                                               seed=seed))
     elif workers == 1:
         trials = [run(rank, point, threads=None) for rank, point in jobs]
     else:
@@ -298,7 +301,7 @@ def _run_ray_trial(rank: int, point: NAdamWPoint, shared: tuple[Any, Any, Any], 
 
 def _run_on_ray(
     jobs: list[tuple[int, NAdamWPoint]], module_factory: ModuleFactory, datamodule: pl.LightningDataModule,
-    trainer_kwargs: dict[str, Any], parallel: int, address: str | None, options: dict[str, Any],
+    trainer_kwargs: dict[str, Any], parallel: int, address: str | None, attempts: int, options: dict[str, Any],
 ) -> list[SweepTrial]:
     """Run each job's ``_run_trial`` as a Ray task, ``parallel`` in flight; the trials in ``jobs``' order."""
     ray = require_ray()
@@ -333,7 +336,7 @@ def _run_on_ray(
                     raise_task_cause(err)
                 except ray.exceptions.RayError as err:
                     reason = describe(err)
-                    if is_lost_worker(err) and attempt < RAY_ATTEMPTS:
+                    if is_lost_worker(err) and attempt < attempts:
                         queue.append((rank, point, attempt + 1))  # run next, before later ranks
                         continue
                     if is_lost_worker(err):

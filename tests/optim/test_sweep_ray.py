@@ -121,9 +121,8 @@ def test_a_lost_worker_is_rerun(ray_local, local_and_ray, tmp_path) -> None:
         assert b.error is None and b.values == pytest.approx(a.values, abs=1e-6)
 
 
-def test_a_worker_lost_every_time_fails_the_trial(ray_local, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(sweep_module, "RAY_ATTEMPTS", 2)
-    result = sweep(SMALL, _dm(), top=1, max_epochs=1, executor="ray",
+def test_a_worker_lost_every_time_fails_the_trial(ray_local, tmp_path) -> None:
+    result = sweep(SMALL, _dm(), top=1, max_epochs=1, executor="ray", max_lost_worker_retries=1,
                    trainer_kwargs={"callbacks": [Kill(tmp_path, times=10)]})
     (trial,) = result.trials
     assert trial.best_value is None and trial.values == ()
@@ -167,6 +166,7 @@ def test_unpicklable_arguments_with_ray() -> None:
         ({"executor": None}, "executor must be one of"),
         ({"executor": "ray", "parallel": 0}, "parallel must be an integer >= 1, got 0"),
         ({"ray_address": "auto"}, "ray_address='auto' is only used with executor='ray'"),
+        ({"executor": "ray", "max_lost_worker_retries": -1}, "max_lost_worker_retries must be an integer >= 0"),
     ],
 )
 def test_bad_executor_arguments(kwargs: dict, match: str) -> None:
