@@ -1,11 +1,13 @@
-"""Executors run trial segments for the tuner: in this process, or as Ray tasks.
+"""Executors run work in this process or as Ray tasks, a bounded number at a time.
 
-Both take :class:`~fms_lightning.segment.SegmentSpec` s with :meth:`submit` and
-hand back finished ones with :meth:`next_done`, as ``(spec, outcome)``; with a
-``timeout`` it returns ``None`` when nothing finished in time. The
-outcome is a :class:`~fms_lightning.segment.SegmentResult`, or :class:`LostWorker`
-when the process running it went away (the segment can be run again from the
-same committed checkpoint). Errors every trial would hit are raised.
+Both take jobs with :meth:`submit` and hand back finished ones with
+:meth:`next_done`, as ``(job, outcome)``; with a ``timeout`` it returns ``None``
+when nothing finished in time. For the tuner a job is a
+:class:`~fms_lightning.segment.SegmentSpec` and the outcome its
+:class:`~fms_lightning.segment.SegmentResult`. On Ray the outcome can also be
+:class:`LostWorker` (the process or node running it went away: the job can run
+again) or :class:`RayFailure` (Ray gave up on it for another reason). An
+exception raised by the job's own code is raised again, with its type.
 """
 
 from __future__ import annotations
@@ -13,23 +15,28 @@ from __future__ import annotations
 import statistics
 import time
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fms_lightning.segment import SegmentResult, SegmentRunner, SegmentSpec
 
-__all__ = ["LocalExecutor", "LostWorker", "RayExecutor", "RefitPacer"]
+__all__ = ["LocalExecutor", "LostWorker", "RayExecutor", "RayFailure", "RefitPacer"]
 
 
 @dataclass(frozen=True)
 class LostWorker:
-    """The worker or node running a segment died; nothing of the segment was committed."""
+    """The worker or node running a job died; nothing of the job was committed."""
 
     reason: str
 
 
-Outcome = SegmentResult | LostWorker
+@dataclass(frozen=True)
+class RayFailure:
+    """Ray did not run a job to its end for another reason (e.g. out of memory, cancelled)."""
+
+    reason: str
+    error: BaseException
 
 
 class LocalExecutor:
@@ -44,10 +51,15 @@ class LocalExecutor:
     def __len__(self) -> int:
         return len(self._queue)
 
+    @property
+    def in_flight(self) -> list[SegmentSpec]:
+        """The jobs submitted and not yet handed back."""
+        return list(self._queue)
+
     def submit(self, spec: SegmentSpec) -> None:
         self._queue.append(spec)
 
-    def next_done(self, timeout: float | None = None) -> tuple[SegmentSpec, Outcome] | None:
+    def next_done(self, timeout: float | None = None) -> tuple[SegmentSpec, SegmentResult] | None:
         """Run the oldest queued segment; ``None`` with a ``timeout`` (nothing runs in the background)."""
         if timeout is not None or not self._queue:
             return None
@@ -58,46 +70,51 @@ class LocalExecutor:
         self._queue.clear()
 
 
-def _run_on_worker(runner: SegmentRunner, spec: SegmentSpec) -> SegmentResult:
-    return runner.run(spec)
-
-
 class RayExecutor:
-    """Runs up to ``max_concurrent`` segments at once as Ray tasks.
+    """Runs ``fn(shared, job)`` as Ray tasks, up to ``max_concurrent`` at once.
 
     Args:
-        runner: Pickled to the object store once and shared by every task.
-        max_concurrent: Segments in flight at once.
-        address: Passed to ``ray.init`` when Ray is not yet initialised.
-        resources: Ray resources per segment (default ``{"num_cpus": 1}``); each
-            task uses as many torch threads as it has CPUs.
+        fn: A module-level function (Ray ships it to the workers).
+        shared: Put in the object store once and passed to every task.
+        max_concurrent: Jobs in flight at once.
+        address: Passed to ``ray.init`` when Ray is not yet initialised; a runtime
+            this executor starts is shut down by :meth:`close`.
+        resources: Ray resources per task (default ``{"num_cpus": 1}``).
 
     Raises:
         ConfigurationError: If Ray is not installed.
     """
 
-    def __init__(self, runner: SegmentRunner, max_concurrent: int, *, address: str | None = None,
-                 resources: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, fn: Callable[[Any, Any], Any], shared: Any, max_concurrent: int, *,
+                 address: str | None = None, resources: Mapping[str, Any] | None = None) -> None:
         from fms_lightning._ray import ensure_ray, require_ray
 
         self._ray = require_ray()
         self._started = ensure_ray(address)
-        options = {"num_cpus": 1} | dict(resources or {})
-        threads = max(1, int(options["num_cpus"])) if options.get("num_cpus") else None
         self.capacity = max_concurrent
-        self._runner = self._ray.put(replace(runner, threads=threads))
-        # No automatic retries: a lost worker is re-queued by the tuner, which knows the committed checkpoint.
-        self._task = self._ray.remote(_run_on_worker).options(max_retries=0, **options)
-        self._inflight: dict[Any, SegmentSpec] = {}
+        try:
+            self._shared = self._ray.put(shared)
+        except BaseException:
+            if self._started:
+                self._ray.shutdown()
+            raise
+        # No automatic retries: the caller decides what a lost worker means (it knows what was committed).
+        self._task = self._ray.remote(fn).options(max_retries=0, **({"num_cpus": 1} | dict(resources or {})))
+        self._inflight: dict[Any, Any] = {}
 
     def __len__(self) -> int:
         return len(self._inflight)
 
-    def submit(self, spec: SegmentSpec) -> None:
-        self._inflight[self._task.remote(self._runner, spec)] = spec
+    @property
+    def in_flight(self) -> list[Any]:
+        """The jobs submitted and not yet handed back."""
+        return list(self._inflight.values())
 
-    def next_done(self, timeout: float | None = None) -> tuple[SegmentSpec, Outcome] | None:
-        """A finished segment: wait for one (at most ``timeout`` seconds; ``None`` if none finished)."""
+    def submit(self, job: Any) -> None:
+        self._inflight[self._task.remote(self._shared, job)] = job
+
+    def next_done(self, timeout: float | None = None) -> tuple[Any, Any] | None:
+        """A finished job: wait for one (at most ``timeout`` seconds; ``None`` if none finished)."""
         from fms_lightning._ray import describe, is_lost_worker, raise_task_cause
 
         if not self._inflight:
@@ -106,18 +123,19 @@ class RayExecutor:
         if not ready:
             return None
         ref = ready[0]
-        spec = self._inflight.pop(ref)
+        job = self._inflight.pop(ref)
         try:
-            return spec, self._ray.get(ref)
+            return job, self._ray.get(ref)
         except self._ray.exceptions.RayTaskError as err:
-            raise_task_cause(err)  # the segment's own code raised: a fatal error (trial failures are returned)
+            raise_task_cause(err)  # the job's own code raised
         except self._ray.exceptions.RayError as err:
             if is_lost_worker(err):
-                return spec, LostWorker(describe(err))
-            raise
+                return job, LostWorker(describe(err))
+            return job, RayFailure(describe(err), err)
         raise AssertionError("unreachable")
 
     def close(self) -> None:
+        """Cancel what still runs; shut Ray down if this executor started it."""
         from fms_lightning._ray import cancel_all
 
         cancel_all(self._inflight)

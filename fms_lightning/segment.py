@@ -148,10 +148,6 @@ class SegmentResult:
     started: float
     seconds: float = field(default=0.0)
 
-    @property
-    def checkpoint_epoch(self) -> int:
-        return self.spec.target if self.checkpoint is not None else self.spec.start_epoch
-
 
 class _FileRecorder(WeightSnapshot):
     """``WeightSnapshot`` for workers: writes snapshot files to the storage, keeps the rows in memory."""
@@ -273,20 +269,21 @@ class SegmentRunner:
                 recorder.flush()  # a failed snapshot write fails the trial
             except FATAL_ERRORS:
                 raise
-            except KeyboardInterrupt:
-                raise
             except Exception as err:  # noqa: BLE001 - one trial's failure is reported, not raised
                 error = f"{type(err).__name__}: {err}"
             finally:
                 if trainer is not None:  # stop the writer thread; the files written so far are kept
                     with contextlib.suppress(Exception):
                         recorder.teardown(trainer, module, "fit")
-            if error is None and trainer is not None and trainer.interrupted:  # Ctrl-C (an exception also sets it)
-                raise KeyboardInterrupt
             checkpoint = None
-            if error is None and trainer is not None and trainer.current_epoch < spec.target:
-                error = f"TrialFailedError: training stopped at epoch {trainer.current_epoch} before epoch {spec.target}"
-            if error is None and trainer is not None:
+            if error is None:  # then the trainer was built and fit returned
+                assert trainer is not None
+                if trainer.interrupted:  # Ctrl-C (an exception also sets it, hence only here)
+                    raise KeyboardInterrupt
+                if trainer.current_epoch < spec.target:
+                    error = (f"TrialFailedError: training stopped at epoch {trainer.current_epoch} "
+                             f"before epoch {spec.target}")
+            if error is None:
                 checkpoint = self.storage.write(checkpoint_relpath(spec.study_trial, spec.target),
                                                 lambda tmp: trainer.save_checkpoint(tmp, weights_only=False))
         return SegmentResult(spec, tuple(recorder.records), recorder.start_snapshot, checkpoint, error,

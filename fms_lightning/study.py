@@ -427,9 +427,14 @@ class Study:
         row = self._query("SELECT MAX(epoch) FROM observations WHERE trial_id = ?", (int(trial_id),))
         return int(row[0][0] or 0)
 
-    def budget_used(self) -> int:
-        """Epochs trained and recorded, over all trials."""
-        return int(self._query("SELECT COUNT(*) FROM observations")[0][0])
+    def budget_used(self, *, tuner_only: bool = False) -> int:
+        """Epochs trained and recorded, over all trials (or only the tuner's, ``tuner_only``)."""
+        if tuner_only:
+            sql = ("SELECT COUNT(*) FROM observations JOIN trials USING (trial_id) "
+                   "WHERE trials.opt_trial_id IS NOT NULL")
+        else:
+            sql = "SELECT COUNT(*) FROM observations"
+        return int(self._query(sql)[0][0])
 
     def best(self, mode: str = "max") -> Observation | None:
         """The best observation over all trials and epochs, or ``None``.

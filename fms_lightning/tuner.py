@@ -22,6 +22,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,8 +30,8 @@ import lightning.pytorch as pl
 import torch
 
 from fms_lightning.errors import ConfigurationError, FMSError, TrialFailedError
-from fms_lightning.executors import LocalExecutor, LostWorker, RayExecutor, RefitPacer
-from fms_lightning.hub import HubEntry, ModelHub
+from fms_lightning.executors import LocalExecutor, LostWorker, RayExecutor, RayFailure, RefitPacer
+from fms_lightning.hub import ModelHub
 from fms_lightning.optimizer import FMSOptimizer, Method, Suggestion
 from fms_lightning.result import TuneResult, leaderboard, plot_study
 from fms_lightning.segment import (
@@ -63,6 +64,16 @@ def _summary_writer(path: Path) -> Any:
         return _NullWriter()
 
     return SummaryWriter(str(path))
+
+
+def _epochs(specs: list[SegmentSpec]) -> int:
+    """Epochs the segments train (those in flight count against the budget)."""
+    return sum(s.target - s.start_epoch for s in specs)
+
+
+def _run_segment(runner: SegmentRunner, spec: SegmentSpec) -> SegmentResult:
+    """A Ray task: one segment on a worker."""
+    return runner.run(spec)
 
 
 class FMSTuner:
@@ -215,12 +226,9 @@ class FMSTuner:
         self.lost_segments: list[tuple[SegmentSpec, str]] = []
 
     # ------------------------------------------------------------------ helpers
-    def _entry(self, config: Mapping[str, Any]) -> HubEntry | None:
-        return self.runner.entry(config)
-
     def _entry_key(self, config: Mapping[str, Any]) -> str:
         """The cache key of a config's architecture and starting weights: its hub entry."""
-        entry = self._entry(config)
+        entry = self.runner.entry(config)
         return entry.name if entry is not None else "__fresh__"
 
     def _settings(self) -> dict[str, Any]:
@@ -350,11 +358,6 @@ class FMSTuner:
             log.info("Pretrained the surrogate on %d run(s) recorded in the study.", len(runs))
         return len(runs)
 
-    @staticmethod
-    def _committed_budget(study: Study) -> int:
-        """Epochs trained and committed by the tuner's trials (failed trials' epochs included)."""
-        return sum(study.last_epoch(t.trial_id) for t in study.trials() if t.opt_trial_id is not None)
-
     def _restore(self, opt: FMSOptimizer, study: Study) -> list[Suggestion]:
         """Bring the optimizer up to date with the study; returns the suggestions still to train."""
         state = study.load_tuner_state()
@@ -377,7 +380,9 @@ class FMSTuner:
 
     def _make_executor(self) -> LocalExecutor | RayExecutor:
         if self.executor == "ray":
-            return RayExecutor(self.runner, self.max_concurrent, address=self.ray_address,
+            cpus = self.resources_per_trial.get("num_cpus", 1)  # each task uses as many torch threads
+            runner = replace(self.runner, threads=max(1, int(cpus)) if cpus else None)
+            return RayExecutor(_run_segment, runner, self.max_concurrent, address=self.ray_address,
                                resources=self.resources_per_trial)
         return LocalExecutor(self.runner)
 
@@ -422,19 +427,18 @@ class FMSTuner:
             self.segments, self.suggest_seconds, self.lost_segments = [], [], []
             failures: list[str] = []
             lost: Counter[int] = Counter()
-            used = self._committed_budget(study)
+            used = study.budget_used(tuner_only=True)
             executor = self._make_executor()
             pace = RefitPacer()
             writer = _summary_writer(self.study_dir / "tensorboard" / "tuner")
             try:
                 with BudgetProgress(self.budget_epochs, enabled=self.progress, initial=used) as bar, writer:
-                    inflight = 0  # epochs being trained
                     while True:
-                        while len(executor) < executor.capacity and used + inflight < self.budget_epochs:
+                        while (len(executor) < executor.capacity
+                               and used + _epochs(executor.in_flight) < self.budget_epochs):
                             spec = self._next_spec(opt, study, unfinished, writer, used)
                             executor.submit(spec)
                             pace.submitted(spec)
-                            inflight += spec.target - spec.start_epoch
                         if not len(executor):
                             break
                         # Take in every segment that has finished, or will before a surrogate refit
@@ -442,18 +446,18 @@ class FMSTuner:
                         done = executor.next_done()
                         while done is not None:
                             spec, outcome = done
-                            inflight -= spec.target - spec.start_epoch
                             pace.finished(spec, outcome.seconds if isinstance(outcome, SegmentResult) else None)
+                            if isinstance(outcome, RayFailure):
+                                raise outcome.error
                             if isinstance(outcome, LostWorker):
                                 outcome = self._rerun_or_fail(spec, outcome, lost)
                             if outcome is None:  # re-run from the same committed checkpoint
                                 executor.submit(spec)
                                 pace.submitted(spec)
-                                inflight += spec.target - spec.start_epoch
                             else:
                                 self._finish(opt, study, outcome, failures)
                             done = executor.next_done(timeout=pace.wait_seconds(self.suggest_seconds))
-                        used = self._committed_budget(study)
+                        used = study.budget_used(tuner_only=True)
                         best = opt.best()
                         bar.update_to(used, None if best is None else best[3],
                                       running=len(executor) if executor.capacity > 1 else None)
@@ -474,7 +478,7 @@ class FMSTuner:
         self.suggest_seconds.append(time.perf_counter() - t0)
         writer.add_scalar("tuner/suggest_seconds", self.suggest_seconds[-1], used)
         study.save_tuner_state(opt.state_dict())  # the suggestion is now durable
-        entry = self._entry(s.config)
+        entry = self.runner.entry(s.config)
         sid = study.add_trial(s.config, entry.name if entry else None, opt_trial_id=s.trial_id)
         study.set_status(sid, TrialStatus.RUNNING)
         return self._spec(study, sid, s.trial_id, dict(s.config), s.epoch)
@@ -524,5 +528,5 @@ class FMSTuner:
         return TuneResult(
             best_trial_id=top.trial_id, best_config=top.config, best_hub_entry=top.hub_entry,
             best_epoch=top.best_epoch, best_value=top.best_value, best_checkpoint=str(study.path / str(snap)),
-            leaderboard=board, budget_used=self._committed_budget(study), study_dir=str(self.study_dir), plot=plot,
+            leaderboard=board, budget_used=study.budget_used(tuner_only=True), study_dir=str(self.study_dir), plot=plot,
         )

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from fms_lightning.errors import ConfigurationError, MissingMetricError
 from fms_lightning.executors import LocalExecutor, RayExecutor
 from fms_lightning.study import Study, TrialStatus
-from fms_lightning.tuner import FMSTuner
+from fms_lightning.tuner import FMSTuner, _run_segment
 from tests import tiny_task
 from tests.conftest import warm_workers
 from tests.test_tuner import _check_study
@@ -94,7 +94,7 @@ def test_segments_on_workers_resume_exactly_like_one_local_run(ray_local, tmp_pa
     finals = []
     for name, targets, ray in (("pieces", (1, 2, 3), True), ("straight", (3,), False)):
         tuner = _ray_tuner(tmp_path / name)
-        executor = RayExecutor(tuner.runner, 1) if ray else LocalExecutor(tuner.runner)
+        executor = RayExecutor(_run_segment, tuner.runner, 1) if ray else LocalExecutor(tuner.runner)
         with Study(tmp_path / name / "study") as study:
             sid = study.add_trial(config, "mlp16", opt_trial_id=0)
             for target in targets:

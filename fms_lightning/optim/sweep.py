@@ -26,9 +26,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from fms_lightning._ray import (
-    cancel_all, check_executor, describe, ensure_ray, is_lost_worker, raise_task_cause, require_ray,
-)
+from fms_lightning._ray import check_executor, require_ray
 from fms_lightning.errors import ConfigurationError, FMSError, MissingMetricError, TrialFailedError
 from fms_lightning.optim.module import NAdamWListModule
 from fms_lightning.optim.presets import NADAMW_LIST, NAdamWPoint, preset_name
@@ -293,10 +291,12 @@ def sweep(
     return SweepResult(tuple(trials), monitor, mode)
 
 
-def _run_ray_trial(rank: int, point: NAdamWPoint, shared: tuple[Any, Any, Any], **options: Any) -> SweepTrial:
-    """``_run_trial`` in a Ray task; ``shared``: (factory, datamodule, trainer_kwargs), put in the object store once."""
-    module_factory, datamodule, trainer_kwargs = shared
-    return _run_trial(rank, point, module_factory, datamodule, trainer_kwargs=trainer_kwargs, **options)
+def _run_ray_trial(shared: tuple[Any, Any, Any, dict[str, Any]], job: tuple[int, NAdamWPoint, int]) -> SweepTrial:
+    """``_run_trial`` in a Ray task; ``shared``: (factory, datamodule, trainer_kwargs, options), stored once."""
+    module_factory, datamodule, trainer_kwargs, options = shared
+    rank, point, _ = job
+    return _run_trial(rank, point, module_factory, datamodule, trainer_kwargs=trainer_kwargs,
+                      threads=RAY_TRIAL_CPUS, **options)
 
 
 def _run_on_ray(
@@ -304,9 +304,9 @@ def _run_on_ray(
     trainer_kwargs: dict[str, Any], parallel: int, address: str | None, attempts: int, options: dict[str, Any],
 ) -> list[SweepTrial]:
     """Run each job's ``_run_trial`` as a Ray task, ``parallel`` in flight; the trials in ``jobs``' order."""
-    ray = require_ray()
-    import ray.exceptions  # noqa: F401 - for ray.exceptions below
+    from fms_lightning.executors import LostWorker, RayExecutor
 
+    ray = require_ray()
     try:
         ray.cloudpickle.dumps((module_factory, datamodule, trainer_kwargs))
     except Exception as err:  # noqa: BLE001 - pickling can raise many types
@@ -315,38 +315,27 @@ def _run_on_ray(
             f"must be picklable (by cloudpickle), but pickling failed: {err}. Build unpicklable state "
             "(open files, locks, connections) inside the factory or the datamodule's setup, or use executor='local'."
         ) from err
-    started = ensure_ray(address)
-    task = ray.remote(num_cpus=RAY_TRIAL_CPUS, max_retries=0)(_run_ray_trial)
-    in_flight: dict[Any, tuple[int, NAdamWPoint, int]] = {}
-    try:
-        shared = ray.put((module_factory, datamodule, trainer_kwargs))
+    executor = RayExecutor(_run_ray_trial, (module_factory, datamodule, trainer_kwargs, options), parallel,
+                           address=address, resources={"num_cpus": RAY_TRIAL_CPUS})
+    try:  # after an error, close() leaves no trial running
         queue = [(rank, point, 1) for rank, point in reversed(jobs)]  # popped from the end: rank order
         done: dict[int, SweepTrial] = {}
-        while queue or in_flight:
-            while queue and len(in_flight) < parallel:
-                rank, point, attempt = queue.pop()
-                ref = task.remote(rank, point, shared, threads=RAY_TRIAL_CPUS, **options)
-                in_flight[ref] = (rank, point, attempt)
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            for ref in ready:
-                rank, point, attempt = in_flight.pop(ref)
-                try:
-                    done[rank] = ray.get(ref)
-                except ray.exceptions.RayTaskError as err:  # the trial's own code raised
-                    raise_task_cause(err)
-                except ray.exceptions.RayError as err:
-                    reason = describe(err)
-                    if is_lost_worker(err) and attempt < attempts:
-                        queue.append((rank, point, attempt + 1))  # run next, before later ranks
-                        continue
-                    if is_lost_worker(err):
-                        reason = f"the Ray worker was lost {attempt} times; last: {reason}"
-                    done[rank] = SweepTrial(rank, point, (), None, None, reason)
+        while queue or len(executor):
+            while queue and len(executor) < parallel:
+                executor.submit(queue.pop())
+            (rank, point, attempt), outcome = executor.next_done()
+            if isinstance(outcome, SweepTrial):
+                done[rank] = outcome
+            elif isinstance(outcome, LostWorker) and attempt < attempts:
+                queue.append((rank, point, attempt + 1))  # run next, before later ranks
+            elif isinstance(outcome, LostWorker):
+                done[rank] = SweepTrial(rank, point, (), None, None,
+                                        f"the Ray worker was lost {attempt} times; last: {outcome.reason}")
+            else:  # RayFailure: Ray gave up on it for another reason
+                done[rank] = SweepTrial(rank, point, (), None, None, outcome.reason)
         return [done[rank] for rank, _ in jobs]
     finally:
-        cancel_all(in_flight)  # after an error: do not leave trials running
-        if started:
-            ray.shutdown()
+        executor.close()
 
 
 # The recipe runner and the CLI live in sweep_cli (which does not import Lightning until a sweep runs).

@@ -135,7 +135,9 @@ def test_ray_started_by_the_sweep_is_shut_down(ray_local, monkeypatch) -> None:
     addresses: list[str | None] = []
     shutdowns: list[bool] = []
     # Pretend Ray was not running: the sweep "starts" it at the address given, then must stop it.
-    monkeypatch.setattr(sweep_module, "ensure_ray", lambda address=None: addresses.append(address) or True)
+    import fms_lightning._ray as ray_helpers
+
+    monkeypatch.setattr(ray_helpers, "ensure_ray", lambda address=None: addresses.append(address) or True)
     monkeypatch.setattr(ray_local, "shutdown", lambda: shutdowns.append(True))
     result = sweep(SMALL, _dm(), top=1, max_epochs=1, executor="ray", ray_address="auto",
                    trainer_kwargs={"limit_train_batches": 2})
