@@ -9,20 +9,37 @@ Glossary:
 
 The budget EI_MF is computed at is the budget the optimizer then trains: a paused
 trial with j-1 observed epochs is scored at j, and is resumed for exactly one epoch.
+
+Look-ahead variant (``acquisition="ei-horizon"``, in the spirit of freeze-thaw methods such
+as Quick-Tune and ifBO): a candidate is scored by the EI of its *forecast* at the horizon
+H (the maximum budget) over the incumbent y^max (the best value observed at any budget):
+EI_H = E[max{f(x, H | Y_{i,1..j-1}, W_{i,j-1}) - y^max, 0}]. It still trains one epoch.
 """
 
 from __future__ import annotations
 
 import math
+from enum import Enum
 
 import torch
 from torch import nn
 
 from fms_lightning.errors import ConfigurationError
 
-__all__ = ["ei_mf", "best_per_budget", "ExpectedImprovementMF"]
+__all__ = ["Acquisition", "ei_mf", "best_per_budget", "ExpectedImprovementMF", "HorizonExpectedImprovement"]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+class Acquisition(str, Enum):
+    """How :class:`~fms_lightning.optimizer.FMSOptimizer` scores candidates.
+
+    ``EI_MF``: eq. 5 (DyHPO), the candidate's next epoch against y_j^max.
+    ``EI_HORIZON``: the forecast at the maximum budget against the best value seen so far.
+    """
+
+    EI_MF = "ei-mf"
+    EI_HORIZON = "ei-horizon"
 
 
 def ei_mf(mean: torch.Tensor, std: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
@@ -105,3 +122,32 @@ class ExpectedImprovementMF(nn.Module):
         """
         best = best_per_budget(self.observed_budgets, self.observed_values.to(mean.dtype), budget)
         return ei_mf(mean, std, best)
+
+
+class HorizonExpectedImprovement(nn.Module):
+    """EI of a forecast at the horizon over the incumbent (the best value observed at any budget).
+
+    Args:
+        observed_values: Observed values (larger is better), `(n,)`.
+
+    Raises:
+        ConfigurationError: If there are no observations.
+
+    >>> acq = HorizonExpectedImprovement(torch.tensor([0.1, 0.3, 0.5]))
+    >>> [round(v, 6) for v in acq(torch.tensor([0.7, 0.4]), torch.tensor([0.0, 0.0])).tolist()]
+    [0.2, 0.0]
+    """
+
+    def __init__(self, observed_values: torch.Tensor) -> None:
+        super().__init__()
+        if observed_values.numel() == 0:
+            raise ConfigurationError("HorizonExpectedImprovement needs at least one observation; got none.")
+        self.register_buffer("incumbent", observed_values.reshape(-1).max())
+
+    def forward(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """EI of forecasts with posterior ``mean``/``std`` `(m,)` at the horizon.
+
+        Returns:
+            `(m,)` values.
+        """
+        return ei_mf(mean, std, self.incumbent.to(mean.dtype))

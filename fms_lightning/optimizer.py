@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from fms_lightning.acquisition import ExpectedImprovementMF
+from fms_lightning.acquisition import Acquisition, ExpectedImprovementMF, HorizonExpectedImprovement
 from fms_lightning.errors import ConfigurationError, SurrogateError
 from fms_lightning.space import SearchSpace
 from fms_lightning.study import TrialStatus  # one status vocabulary for the optimizer and the study
-from fms_lightning.surrogate.dataset import InputLayout, make_row, training_rows
+from fms_lightning.surrogate.dataset import InputLayout, forecast_rows, make_row, training_rows
 from fms_lightning.surrogate.gp import Surrogate, SurrogateConfig
 from fms_lightning.surrogate.weights import GraphFn, WeightFeaturizer, model_graph_fn
 
@@ -135,6 +135,11 @@ class FMSOptimizer:
             ``graph_fn = parameter_graph(model_factory(config), state_dict)``.
         starting_weights_fn: ``starting_weights_fn(config) -> state_dict | path`` giving
             W_{i,0} (the hub checkpoint); called once per hub entry; required by the fms methods.
+        acquisition: ``"ei-mf"`` (eq. 5, DyHPO: the next epoch against y_j^max),
+            ``"ei-horizon"`` (the forecast at ``max_epochs`` against the best value so far; the
+            surrogate also learns from look-ahead rows, see ``surrogate.dataset.forecast_rows``),
+            or ``"auto"``: ``"ei-mf"`` for ``"dyhpo"`` and ``"gp"`` (as published),
+            ``"ei-horizon"`` for the fms methods. Either way one epoch is trained per suggestion.
 
     Raises:
         ConfigurationError: On an invalid option, or an fms method without its weight hooks.
@@ -167,6 +172,7 @@ class FMSOptimizer:
         graph_fn: GraphFn | None = None,
         model_factory: Callable[[dict[str, Any]], nn.Module] | None = None,
         starting_weights_fn: Callable[[dict[str, Any]], Weights] | None = None,
+        acquisition: str | Acquisition = "auto",
     ) -> None:
         if not isinstance(space, SearchSpace):
             raise ConfigurationError(f"space={space!r}; expected a SearchSpace.")
@@ -178,6 +184,15 @@ class FMSOptimizer:
             ) from err
         if mode not in ("max", "min"):
             raise ConfigurationError(f"mode={mode!r}; expected 'max' or 'min'.")
+        if acquisition == "auto":
+            acquisition = Acquisition.EI_HORIZON if self.method.uses_weights else Acquisition.EI_MF
+        try:
+            self.acquisition = Acquisition(acquisition)
+        except ValueError as err:
+            raise ConfigurationError(
+                f"acquisition={acquisition!r} is unknown; expected 'auto' or one of "
+                f"{[a.value for a in Acquisition]}."
+            ) from err
         if not isinstance(max_epochs, int) or max_epochs < 1 or n_candidates < 1:
             raise ConfigurationError(
                 f"max_epochs={max_epochs!r}, n_candidates={n_candidates!r}; expected integers >= 1."
@@ -358,9 +373,7 @@ class FMSOptimizer:
         for x, t, skey in zip(xs, trials, start_keys):
             curve = [] if t is None else t.curve[: epoch - 1]
             wkey = skey if t is None else t.keys[len(curve)]
-            row = make_row(self.layout, x, len(curve) + 1, curve, self._emb(wkey))
-            row[self.layout.budget_col] = epoch / self.max_epochs
-            rows.append(row)
+            rows.append(make_row(self.layout, x, len(curve) + 1, curve, self._emb(wkey), horizon=epoch))
         mean, std = self.surrogate.predict(torch.stack(rows))
         return (mean if self.mode == "max" else -mean), std
 
@@ -410,8 +423,8 @@ class FMSOptimizer:
     def _emb(self, key: str | None) -> torch.Tensor | None:
         return None if self.featurizer is None else self.featurizer[key]  # type: ignore[index]
 
-    def _row(self, trial: _Trial, x: torch.Tensor, j: int) -> torch.Tensor:
-        return make_row(self.layout, x, j, trial.curve[: j - 1], self._emb(trial.keys[j - 1]))
+    def _row(self, trial: _Trial, x: torch.Tensor, j: int, horizon: int | None = None) -> torch.Tensor:
+        return make_row(self.layout, x, j, trial.curve[: j - 1], self._emb(trial.keys[j - 1]), horizon=horizon)
 
     def _training_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         trials = list(self.trials.values())
@@ -420,7 +433,8 @@ class FMSOptimizer:
         if self.featurizer is not None:
             self.featurizer.flush()
             emb = self.featurizer.cache
-        rows, y = training_rows(self.layout, [(x, t.curve, t.keys) for x, t in zip(xs, trials)], emb)
+        data = [(x, t.curve, t.keys) for x, t in zip(xs, trials)]
+        rows, y = training_rows(self.layout, data, emb)
         failed = [(x, t) for x, t in zip(xs, trials) if t.failed_at is not None]
         if failed and y.numel():  # failures, imputed with the worst observed value
             pen = torch.stack([self._row(t, x, t.failed_at) for x, t in failed])  # type: ignore[arg-type]
@@ -435,6 +449,13 @@ class FMSOptimizer:
             )
             idx = torch.as_tensor(np.sort(np.concatenate([latest, pick]))[:cap] if len(latest) < cap else latest[-cap:])
             rows, y = rows[idx], y[idx]
+        if self.acquisition is Acquisition.EI_HORIZON and y.numel():
+            ahead, y_ahead = forecast_rows(self.layout, data, emb)
+            room = max(cap - rows.shape[0], 0)
+            if ahead.shape[0] > room:  # the cap holds: a seeded subset of the look-ahead rows
+                pick = np.random.default_rng([self.seed, ahead.shape[0], 1]).choice(ahead.shape[0], room, replace=False)
+                ahead, y_ahead = ahead[np.sort(pick)], y_ahead[np.sort(pick)]
+            rows, y = torch.cat([rows, ahead]), torch.cat([y, y_ahead])
         return rows, y
 
     def _fit(self) -> None:
@@ -460,18 +481,22 @@ class FMSOptimizer:
         paused = [(tid, t) for tid, t in self.trials.items() if t.status is TrialStatus.PAUSED]
         running = [t for t in self.trials.values() if t.status is TrialStatus.RUNNING]
         xs = self.space.encode([t.config for _, t in paused] + [t.config for t in running] + new)
-        rows = [self._row(t, xs[k], len(t.curve) + 1) for k, (_, t) in enumerate(paused)]
+        horizon = self.max_epochs if self.acquisition is Acquisition.EI_HORIZON else None
+        rows = [self._row(t, xs[k], len(t.curve) + 1, horizon) for k, (_, t) in enumerate(paused)]
         fantasy = [self._row(t, xs[len(paused) + k], t.target) for k, t in enumerate(running)]
         off = len(paused) + len(running)
-        rows += [make_row(self.layout, xs[off + k], 1, [], self._emb(key)) for k, key in enumerate(new_keys)]
+        rows += [make_row(self.layout, xs[off + k], 1, [], self._emb(key), horizon=horizon)
+                 for k, key in enumerate(new_keys)]
         budgets = torch.tensor([len(t.curve) + 1 for _, t in paused] + [1] * len(new))
         mean, std = self.surrogate.predict(
             torch.stack(rows), fantasy_rows=torch.stack(fantasy) if fantasy else None
         )
         ob = torch.tensor([j for t in self.trials.values() for j in range(1, len(t.curve) + 1)])
         ov = torch.tensor([y for t in self.trials.values() for y in t.curve], dtype=torch.float64)
-        acq = ExpectedImprovementMF(ob, ov)
-        ei = acq(mean, std, budgets)
+        if horizon is None:
+            ei = ExpectedImprovementMF(ob, ov)(mean, std, budgets)
+        else:
+            ei = HorizonExpectedImprovement(ov)(mean, std)
         if float(ei.max()) <= 0.0:  # EI underflowed everywhere: rank by the z-score instead
             best = torch.tensor([float(ov.max())], dtype=torch.float64)
             ei = (mean - best) / std.clamp_min(1e-12)

@@ -6,7 +6,13 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from fms_lightning.acquisition import ExpectedImprovementMF, best_per_budget, ei_mf
+from fms_lightning.acquisition import (
+    Acquisition,
+    ExpectedImprovementMF,
+    HorizonExpectedImprovement,
+    best_per_budget,
+    ei_mf,
+)
 from fms_lightning.errors import ConfigurationError
 
 
@@ -59,3 +65,28 @@ def test_module_uses_per_budget_incumbent():
     got = acq(mean, std, torch.tensor([1, 2]))
     assert got[0].item() == pytest.approx(1.0) and got[1].item() == pytest.approx(0.0)
     assert set(dict(acq.named_buffers())) == {"observed_budgets", "observed_values"}
+
+
+def test_horizon_ei_uses_the_overall_incumbent_whatever_the_budget():
+    ov = torch.tensor([0.2, 0.9, 0.5], dtype=torch.float64)
+    acq = HorizonExpectedImprovement(ov)
+    mean = torch.tensor([0.8, 1.0, 0.95], dtype=torch.float64)
+    std = torch.tensor([0.0, 0.0, 0.1], dtype=torch.float64)
+    got = acq(mean, std)
+    assert got[0].item() == 0.0 and got[1].item() == pytest.approx(0.1)
+    z = 0.05 / 0.1
+    assert got[2].item() == pytest.approx(0.1 * (z * norm.cdf(z) + norm.pdf(z)), rel=1e-10)
+    with pytest.raises(ConfigurationError, match="at least one observation"):
+        HorizonExpectedImprovement(torch.tensor([]))
+
+
+def test_optimizer_acquisition_defaults_and_refusal():
+    from fms_lightning import LogUniform, SearchSpace
+    from fms_lightning.optimizer import FMSOptimizer
+
+    space = SearchSpace({"lr": LogUniform(1e-4, 1e-1)})
+    assert FMSOptimizer(space, max_epochs=3, method="dyhpo").acquisition is Acquisition.EI_MF
+    assert FMSOptimizer(space, max_epochs=3, method="dyhpo", acquisition="ei-horizon").acquisition \
+        is Acquisition.EI_HORIZON
+    with pytest.raises(ConfigurationError, match="acquisition='ucb' is unknown"):
+        FMSOptimizer(space, max_epochs=3, method="dyhpo", acquisition="ucb")

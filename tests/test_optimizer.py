@@ -206,12 +206,16 @@ def test_no_leak_rows_see_weights_from_before_the_label():
     rows, y = opt._training_data()
     lay = opt.layout
     w = rows[:, lay.weight_slice]
-    j = (rows[:, lay.budget_col] * lay.max_epochs).round().long()
-    assert torch.equal(w[:, 1].long(), j - 1)  # the snapshot is W_{i,j-1}
-    assert torch.all(w[j == 1, 0] == -99.0)  # W_{i,0} is the starting weights
-    later = j > 1
+    j = (rows[:, lay.budget_col] * lay.max_epochs).round().long()  # the label's epoch
+    m = rows[:, lay.mask_slice].sum(1).long()  # the context length: Y_{i,1..m}
+    assert torch.equal(w[:, 1].long(), m)  # the snapshot is W_{i,m}, as recent as the curve
+    assert torch.all(m <= j - 1)  # nothing from the label's epoch or later
+    assert torch.all(w[m == 0, 0] == -99.0)  # W_{i,0} is the starting weights
+    later = m > 0
     assert not torch.any(torch.isclose(w[later, 0], y[later].float().double()))
-    assert torch.all(rows[:, lay.mask_slice].sum(1).long() == j - 1)
+    # the default fms acquisition looks ahead: some rows forecast several epochs past their context
+    assert opt.acquisition.value == "ei-horizon" and torch.any(m < j - 1)
+    assert torch.equal(m[: int((m == j - 1).sum())], (j - 1)[: int((m == j - 1).sum())])
 
 
 def test_pretrain_and_save_load_surrogate(tmp_path):

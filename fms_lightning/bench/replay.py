@@ -32,7 +32,7 @@ from fms_lightning.errors import ConfigurationError
 from fms_lightning.optimizer import FMSOptimizer, Method
 from fms_lightning.study import atomic_write
 
-__all__ = ["RunSettings", "RunResult", "VARIANTS", "run_replay", "run_grid", "variant_name"]
+__all__ = ["RunSettings", "RunResult", "VARIANTS", "VARIANT_OPTIONS", "run_replay", "run_grid", "variant_name"]
 
 # variant name -> (method, learning_curve)
 VARIANTS: dict[str, tuple[str, bool]] = {
@@ -45,6 +45,14 @@ VARIANTS: dict[str, tuple[str, bool]] = {
     "fms-gmn": ("fms-gmn", True),
     "fms-gmn-nocurve": ("fms-gmn", False),
 }
+
+
+# variant name -> extra FMSOptimizer options (the acquisition ablations; see acquisition.Acquisition)
+VARIANT_OPTIONS: dict[str, dict[str, Any]] = {
+    "dyhpo-horizon": {"acquisition": "ei-horizon"},
+    "fms-gmn-eimf": {"acquisition": "ei-mf"},
+}
+VARIANTS.update({"dyhpo-horizon": ("dyhpo", True), "fms-gmn-eimf": ("fms-gmn", True)})
 
 
 def variant_name(method: str, learning_curve: bool) -> str:
@@ -185,6 +193,7 @@ def run_replay(bench: Benchmark, variant: str, seed: int, settings: RunSettings 
             bench.space, max_epochs=bench.epochs, method=method, mode="max", seed=seed, learning_curve=curve,
             n_candidates=settings.n_candidates, initial_steps=settings.initial_steps,
             refine_steps=settings.refine_steps, graph_fn=bench.graph_fn, starting_weights_fn=bench.starting_weights,
+            **VARIANT_OPTIONS.get(variant, {}),
         )
         if pretrain_from is not None:
             opt.pretrain(_pretrain_trials(pretrain_from, settings.pretrain_configs, seed, opt.method.uses_weights),

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from fms_lightning.surrogate.dataset import InputLayout, make_row, training_rows
+from fms_lightning.surrogate.dataset import InputLayout, forecast_rows, make_row, training_rows
 from fms_lightning.surrogate.features import FeatureExtractor
 from fms_lightning.surrogate.gp import DeepKernelGP, Kernel, Surrogate, SurrogateConfig
 from fms_lightning.surrogate.weights import WeightFeaturizer, model_graph_fn
@@ -16,6 +16,7 @@ from fms_lightning.surrogate.weights import WeightFeaturizer, model_graph_fn
 __all__ = [
     "InputLayout",
     "make_row",
+    "forecast_rows",
     "training_rows",
     "FeatureExtractor",
     "DeepKernelGP",

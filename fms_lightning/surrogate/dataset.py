@@ -30,7 +30,7 @@ import torch
 
 from fms_lightning.errors import ConfigurationError
 
-__all__ = ["InputLayout", "make_row", "training_rows"]
+__all__ = ["InputLayout", "make_row", "training_rows", "forecast_rows"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,8 @@ def make_row(
     j: int,
     context: Sequence[float],
     weight_features: torch.Tensor | None = None,
+    *,
+    horizon: int | None = None,
 ) -> torch.Tensor:
     """Build the input row for the label y_{i,j} (eq. 7's ψ inputs).
 
@@ -99,15 +101,21 @@ def make_row(
         j: Budget in epochs, ``1 <= j <= max_epochs``.
         context: Y_{i,1..j-1}; must have exactly ``j - 1`` entries.
         weight_features: Embedding of W_{i,j-1}, `(n_weight,)`, or None if unused.
+        horizon: Forecast y_{i,horizon} (``horizon >= j``) from the same inputs: the budget
+            column says ``horizon`` while the curve and weights stop before epoch ``j``. Default
+            ``j`` (the next epoch).
 
     Returns:
         A float64 row of shape `(layout.width,)`.
 
     Raises:
-        ConfigurationError: If ``j`` is out of range or ``context`` is not ``j - 1`` long.
+        ConfigurationError: If ``j`` or ``horizon`` is out of range or ``context`` is not ``j - 1`` long.
     """
-    if not 1 <= j <= layout.max_epochs:
-        raise ConfigurationError(f"make_row: budget j={j} outside [1, {layout.max_epochs}].")
+    horizon = j if horizon is None else int(horizon)
+    if not 1 <= j <= horizon <= layout.max_epochs:
+        raise ConfigurationError(
+            f"make_row: budget j={j}, horizon={horizon} outside 1 <= j <= horizon <= {layout.max_epochs}."
+        )
     if len(context) != j - 1:
         raise ConfigurationError(
             f"make_row: received {len(context)} curve values for budget j={j}; expected j-1={j - 1} "
@@ -115,7 +123,7 @@ def make_row(
         )
     row = torch.zeros(layout.width, dtype=torch.float64)
     row[: layout.n_hp] = x
-    row[layout.budget_col] = j / layout.max_epochs
+    row[layout.budget_col] = horizon / layout.max_epochs
     if j > 1:
         c0 = layout.curve_slice.start
         m0 = layout.mask_slice.start
@@ -153,6 +161,38 @@ def training_rows(
                 w = embeddings[keys[j - 1]]  # type: ignore[index]
             rows.append(make_row(layout, x, j, curve[: j - 1], w))
             ys.append(float(curve[j - 1]))
+    if not rows:
+        return torch.zeros(0, layout.width, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+    return torch.stack(rows), torch.tensor(ys, dtype=torch.float64)
+
+
+def forecast_rows(
+    layout: InputLayout,
+    trials: Sequence[tuple[torch.Tensor, Sequence[float], Sequence[str | None]]],
+    embeddings: Mapping[str, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Look-ahead rows: each trial's latest value y_{i,J} forecast from shorter contexts.
+
+    For a trial with ``J >= 2`` observed epochs, one row per context length ``m = 0..J-2``:
+    the inputs are Y_{i,1..m} and W_{i,m} with the budget column at ``J``, the label y_{i,J}.
+    These teach the surrogate to forecast several epochs ahead (what a look-ahead acquisition
+    asks of it); no input reaches epoch ``m + 1`` or later, so there is no leak.
+
+    Args:
+        layout: The column layout.
+        trials: As for :func:`training_rows`.
+        embeddings: As for :func:`training_rows`.
+
+    Returns:
+        ``(inputs, targets)`` of shapes `(n, layout.width)` and `(n,)`; ``n = sum(J_i - 1)``.
+    """
+    rows, ys = [], []
+    for x, curve, keys in trials:
+        big_j = len(curve)
+        for m in range(big_j - 1):
+            w = embeddings[keys[m]] if layout.n_weight else None  # type: ignore[index]
+            rows.append(make_row(layout, x, m + 1, curve[:m], w, horizon=big_j))
+            ys.append(float(curve[big_j - 1]))
     if not rows:
         return torch.zeros(0, layout.width, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
     return torch.stack(rows), torch.tensor(ys, dtype=torch.float64)

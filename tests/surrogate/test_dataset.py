@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fms_lightning.errors import ConfigurationError
-from fms_lightning.surrogate.dataset import InputLayout, make_row, training_rows
+from fms_lightning.surrogate.dataset import InputLayout, forecast_rows, make_row, training_rows
 
 
 def _layout(n_weight: int = 1) -> InputLayout:
@@ -60,3 +60,41 @@ def test_no_leak_changing_epoch_j_and_later_leaves_rows_up_to_j_unchanged(j):
     pert, y2 = training_rows(lay, [(torch.zeros(2), curve2, keys2)], emb2)
     assert torch.equal(base[:j], pert[:j])
     assert y2[j - 1] != curve[j - 1]  # the label itself did change
+
+
+def test_forecast_rows_predict_the_latest_value_from_every_shorter_context():
+    lay = _layout(1)
+    curve = [0.1, 0.2, 0.3, 0.4]
+    keys = ["w0", "w1", "w2", "w3", "w4"]
+    emb = {k: torch.tensor([float(i)]) for i, k in enumerate(keys)}
+    rows, y = forecast_rows(lay, [(torch.zeros(2), curve, keys), (torch.ones(2), [0.9], ["a", "b"])], emb)
+    assert y.tolist() == [0.4, 0.4, 0.4]  # a 1-epoch trial has nothing to forecast
+    for m, r in enumerate(rows):
+        assert r[lay.budget_col].item() == pytest.approx(4 / 5)  # the label's epoch J = 4
+        assert r[lay.mask_slice].sum().item() == m  # context Y_{1..m}, m < J - 1
+        assert r[lay.curve_slice][:m].tolist() == curve[:m]
+        assert r[lay.weight_slice].item() == m  # W_{i,m}: as recent as the context, never later
+
+
+def test_forecast_rows_do_not_leak_the_label_epoch():
+    """Changing y_J and W_J (and nothing earlier) changes only the labels of the look-ahead rows."""
+    lay = _layout(1)
+    curve = [0.1, 0.2, 0.3, 0.4]
+    keys = ["w0", "w1", "w2", "w3", "w4"]
+    emb = {k: torch.tensor([float(i)]) for i, k in enumerate(keys)}
+    base, y = forecast_rows(lay, [(torch.zeros(2), curve, keys)], emb)
+    emb2 = {**emb, "w4'": torch.tensor([1e6]), "w3'": torch.tensor([-1e6])}
+    pert, y2 = forecast_rows(lay, [(torch.zeros(2), curve[:3] + [7.0], keys[:3] + ["w3'", "w4'"])], emb2)
+    assert torch.equal(base, pert)
+    assert y2.tolist() == [7.0, 7.0, 7.0] != y.tolist()
+
+
+def test_make_row_horizon_sets_only_the_budget_column():
+    lay = _layout(0)
+    a = make_row(lay, torch.tensor([0.1, 0.2]), 3, [0.5, 0.6])
+    b = make_row(lay, torch.tensor([0.1, 0.2]), 3, [0.5, 0.6], horizon=5)
+    assert b[lay.budget_col].item() == pytest.approx(1.0)
+    a[lay.budget_col] = b[lay.budget_col]
+    assert torch.equal(a, b)
+    with pytest.raises(ConfigurationError, match="outside"):
+        make_row(lay, torch.zeros(2), 3, [0.5, 0.6], horizon=2)  # a horizon before the next epoch
