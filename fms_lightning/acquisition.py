@@ -12,8 +12,11 @@ trial with j-1 observed epochs is scored at j, and is resumed for exactly one ep
 
 Look-ahead variant (``acquisition="ei-horizon"``, in the spirit of freeze-thaw methods such
 as Quick-Tune and ifBO): a candidate is scored by the EI of its *forecast* at the horizon
-H (the maximum budget) over the incumbent y^max (the best value observed at any budget):
+H over the incumbent y^max (the best value observed at any budget):
 EI_H = E[max{f(x, H | Y_{i,1..j-1}, W_{i,j-1}) - y^max, 0}]. It still trains one epoch.
+H is the deepest budget observed so far (at least the candidate's next epoch j): forecasts
+further out than any observation are extrapolations of the deep kernel, which measured badly
+(a replay on ``cnn-mirror-full`` chased diverged configs when H was the maximum budget).
 """
 
 from __future__ import annotations

@@ -136,8 +136,9 @@ class FMSOptimizer:
         starting_weights_fn: ``starting_weights_fn(config) -> state_dict | path`` giving
             W_{i,0} (the hub checkpoint); called once per hub entry; required by the fms methods.
         acquisition: ``"ei-mf"`` (eq. 5, DyHPO: the next epoch against y_j^max),
-            ``"ei-horizon"`` (the forecast at ``max_epochs`` against the best value so far; the
-            surrogate also learns from look-ahead rows, see ``surrogate.dataset.forecast_rows``),
+            ``"ei-horizon"`` (the forecast at the deepest budget observed so far, at least the
+            candidate's next epoch, against the best value so far; the surrogate also learns from
+            look-ahead rows, see ``surrogate.dataset.forecast_rows``),
             or ``"auto"``: ``"ei-mf"`` for ``"dyhpo"`` and ``"gp"`` (as published),
             ``"ei-horizon"`` for the fms methods. Either way one epoch is trained per suggestion.
 
@@ -476,13 +477,19 @@ class FMSOptimizer:
         self._fitted_at = version
 
     def _suggest_model(self, new: list[dict[str, Any]]) -> Suggestion:
+        seen = {repr(sorted(t.config.items())) for t in self.trials.values()}
+        unseen = [c for c in new if repr(sorted(c.items())) not in seen]
+        new = unseen or new  # a config that has a trial is represented by that trial (finite spaces)
         new_keys = [self._start_key(c) for c in new]  # hub checkpoints W_{i,0}, loaded once per entry
         self._fit()
         paused = [(tid, t) for tid, t in self.trials.items() if t.status is TrialStatus.PAUSED]
         running = [t for t in self.trials.values() if t.status is TrialStatus.RUNNING]
         xs = self.space.encode([t.config for _, t in paused] + [t.config for t in running] + new)
-        horizon = self.max_epochs if self.acquisition is Acquisition.EI_HORIZON else None
-        rows = [self._row(t, xs[k], len(t.curve) + 1, horizon) for k, (_, t) in enumerate(paused)]
+        horizon = None
+        if self.acquisition is Acquisition.EI_HORIZON:  # the deepest budget observed: forecasts stay on data
+            horizon = max(len(t.curve) for t in self.trials.values())
+        rows = [self._row(t, xs[k], len(t.curve) + 1, None if horizon is None else max(horizon, len(t.curve) + 1))
+                for k, (_, t) in enumerate(paused)]
         fantasy = [self._row(t, xs[len(paused) + k], t.target) for k, t in enumerate(running)]
         off = len(paused) + len(running)
         rows += [make_row(self.layout, xs[off + k], 1, [], self._emb(key), horizon=horizon)
