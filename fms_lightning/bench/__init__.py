@@ -6,7 +6,7 @@
 """
 
 from fms_lightning.bench.build import build_benchmark
-from fms_lightning.bench.metrics import kendall_tau, regret_curve
+from fms_lightning.bench.metrics import easiness, kendall_tau, regret_curve
 from fms_lightning.bench.replay import VARIANTS, RunResult, RunSettings, run_grid, run_replay
 from fms_lightning.bench.report import PAPER_TABLE1, write_report
 from fms_lightning.bench.spec import BenchSpec, bench_spec
@@ -14,5 +14,5 @@ from fms_lightning.bench.table import Benchmark
 
 __all__ = [
     "BenchSpec", "bench_spec", "build_benchmark", "Benchmark", "RunSettings", "RunResult", "VARIANTS",
-    "run_replay", "run_grid", "kendall_tau", "regret_curve", "PAPER_TABLE1", "write_report",
+    "run_replay", "run_grid", "kendall_tau", "regret_curve", "easiness", "PAPER_TABLE1", "write_report",
 ]

@@ -16,7 +16,7 @@ from fms_lightning.bench.spec import HUBS, SIZES, TASKS
 
 __all__ = ["register"]
 
-_OTHER_TASK = {"mirror": "rotate", "rotate": "mirror"}
+_OTHER_TASK = {"mirror": "rotate", "rotate": "mirror", "fewshot": "rotate"}  # --transfer source
 _FLAT = ("fms-flat", "fms-flat-nocurve")
 
 
@@ -24,14 +24,19 @@ def _cmd_build(args: argparse.Namespace) -> int:
     import time
 
     from fms_lightning.bench.build import build_benchmark
+    from fms_lightning.bench.metrics import easiness
     from fms_lightning.bench.spec import bench_spec
+    from fms_lightning.bench.table import Benchmark
 
     for hub in args.hub:
         for task in args.task:
             start = time.perf_counter()
             folder = build_benchmark(bench_spec(hub, task, args.size), args.cache, threads=args.threads,
                                      progress=not args.quiet)
-            print(f"{folder}: ready ({time.perf_counter() - start:.0f}s)", flush=True)
+            e = easiness(Benchmark(folder))
+            print(f"{folder}: ready ({time.perf_counter() - start:.0f}s); y*={e.y_star:.4f}, final within "
+                  f"{e.tol} of y*: {e.final_near_y_star:.1%} of configs, of the best final: "
+                  f"{e.final_near_best_final:.1%}", flush=True)
     return 0
 
 
@@ -52,7 +57,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for hub in args.hub:
         for task in args.task:
             bench = Benchmark(Path(args.cache) / bench_spec(hub, task, args.size).name)
-            chosen = [v for v in variants if hub == "cnn" or v not in _FLAT]  # FLAT needs one architecture
+            chosen = [v for v in variants if hub in ("cnn", "zoo") or v not in _FLAT]  # FLAT: one architecture
             source = None
             if args.transfer:
                 source = Benchmark(Path(args.cache) / bench_spec(hub, _OTHER_TASK[task], args.size).name)

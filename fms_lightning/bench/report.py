@@ -124,7 +124,7 @@ def _tables(summaries: Sequence[Summary], plot_dir: Path, md_dir: Path) -> list[
         by_bench[s.benchmark].append(s)
     for bench, group in sorted(by_bench.items()):
         group.sort(key=lambda s: _ORDER.index(s.variant) if s.variant in _ORDER else 99)
-        paper_col = 0 if bench.startswith("cnn") else 1
+        paper_col = 0 if bench.startswith(("cnn", "zoo")) else 1
         paper_name = "Simple CNN Hub" if paper_col == 0 else "PTM Hub CIFAR-10"
         budgets = sorted({b for s in group for b in s.tau})
         head = " | ".join(f"τ@{b} (ours)" for b in budgets)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fms_lightning.bench.build import config_dir
+from fms_lightning.bench.build import config_dir, read_snapshot
 from fms_lightning.errors import ConfigurationError
 from fms_lightning.space import Choice, HubChoice, SearchSpace
 
@@ -42,7 +42,7 @@ class Benchmark:
         self.metric = metric
         self.members: dict[str, dict[str, Any]] = self.meta["members"]
         self.configs: list[dict[str, Any]] = []
-        curves = []
+        curves, seconds = [], []
         for k in range(int(self.meta["n_configs"])):
             path = config_dir(self.folder, k) / "metrics.json"
             if not path.is_file():
@@ -50,7 +50,9 @@ class Benchmark:
             rec = json.loads(path.read_text(encoding="utf-8"))
             self.configs.append(rec["config"])
             curves.append(rec[metric])
+            seconds.append(rec.get("epoch_seconds"))
         self.curves = np.asarray(curves, dtype=float)  # (n_configs, E)
+        self._seconds = None if any(s is None for s in seconds) else np.asarray(seconds, dtype=float)
         self._index = {self._key(c): k for k, c in enumerate(self.configs)}
         self._starts: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -62,6 +64,28 @@ class Benchmark:
     def final(self) -> np.ndarray:
         """The true final-epoch metric of every config `(n_configs,)`."""
         return self.curves[:, -1]
+
+    @property
+    def epoch_seconds(self) -> np.ndarray:
+        """Wall seconds of the training loop of each epoch of each config `(n_configs, E)`.
+
+        Measured during the build, one torch thread, excluding the validation pass and
+        saving (see :mod:`fms_lightning.bench.build`).
+
+        Raises:
+            ConfigurationError: If the cache was built before training times were recorded.
+        """
+        if self._seconds is None:
+            raise ConfigurationError(
+                f"Benchmark {self.name!r} was built before training times were recorded (its metrics.json files "
+                f"have no 'epoch_seconds'). Delete {str(self.folder)!r} and run `fms-lightning bench build` again."
+            )
+        return self._seconds
+
+    @property
+    def recipes(self) -> dict[str, dict[str, Any]]:
+        """``{member: pretraining recipe}`` of a ``zoo`` benchmark (empty for other hubs)."""
+        return dict(self.meta.get("recipes", {}))
 
     @property
     def best_possible(self) -> float:
@@ -89,11 +113,9 @@ class Benchmark:
 
     def snapshot(self, k: int, epoch: int) -> dict[str, torch.Tensor]:
         """W_{k,epoch}, floats restored to float32 (``epoch = 0``: the hub member's weights)."""
-        from fms_lightning.weightspace import load_state_dict_file
-
         if epoch == 0:
             return self.starting_weights(self.configs[k])
-        sd = load_state_dict_file(config_dir(self.folder, k) / f"epoch_{epoch:03d}.safetensors")
+        sd = read_snapshot(config_dir(self.folder, k), epoch)
         return {n: t.float() if t.is_floating_point() else t for n, t in sd.items()}
 
     def starting_weights(self, config: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,57 @@
+"""Benchmark specs and the target tasks' data (fms_lightning/bench/spec.py, build.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fms_lightning.bench.build import task_data
+from fms_lightning.bench.spec import HUBS, TASKS, BenchSpec, bench_spec
+from fms_lightning.errors import ConfigurationError, UnknownPresetError
+from fms_lightning.examples.digits_hub import digits_split
+
+
+def _rows(x: np.ndarray) -> set[bytes]:
+    return {np.ascontiguousarray(r).tobytes() for r in np.asarray(x)}
+
+
+@pytest.mark.parametrize("hub", HUBS)
+def test_fewshot_has_ten_images_per_class_and_the_rest_as_validation(hub: str) -> None:
+    spec = bench_spec(hub, "fewshot", "tiny")
+    x_tr, y_tr, x_va, y_va = task_data(spec)
+    assert np.bincount(y_tr.numpy(), minlength=10).tolist() == [spec.shots] * 10 == [10] * 10
+    x_target, y_target = digits_split("target")  # the mirrored half
+    assert len(y_tr) + len(y_va) == len(y_target)
+    assert np.bincount(y_tr.numpy(), minlength=10).sum() + np.bincount(y_va.numpy(), minlength=10).sum() == len(
+        y_target)
+    assert np.array_equal(np.bincount(y_tr.numpy(), minlength=10) + np.bincount(y_va.numpy(), minlength=10),
+                          np.bincount(y_target, minlength=10))
+    assert _rows(x_tr.numpy()) <= _rows(x_target)  # mirrored images, not rotated ones
+
+
+def test_fewshot_differs_from_mirror_and_is_seeded() -> None:
+    fs, mirror = task_data(bench_spec("zoo", "fewshot", "tiny")), task_data(bench_spec("zoo", "mirror", "tiny"))
+    assert len(fs[1]) == 100 and len(mirror[1]) == 200
+    again = task_data(bench_spec("cnn", "fewshot", "tiny"))
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(fs, again))  # the task does not depend on the hub
+
+
+def test_zoo_sizes() -> None:
+    full, tiny = bench_spec("zoo", "mirror", "full"), bench_spec("zoo", "mirror", "tiny")
+    assert len(full.members) >= 200 and full.epochs == 20
+    assert len(full.configs()) == len(full.members) * 8  # 4 learning rates x 2 batch sizes
+    assert len(tiny.members) < 10 and tiny.epochs == 4 and len(tiny.configs()) <= 10
+    assert tiny.members == full.members[: len(tiny.members)]  # a tiny zoo is the start of the full one
+    assert bench_spec("cnn", "fewshot", "full").epochs == 10  # other hubs keep their sizes
+
+
+def test_spec_errors_list_the_valid_values() -> None:
+    with pytest.raises(ConfigurationError, match="fewshot"):
+        bench_spec("zoo", "upside-down", "tiny")
+    with pytest.raises(ConfigurationError, match="zoo"):
+        bench_spec("imagenet", "mirror", "tiny")
+    with pytest.raises(UnknownPresetError, match="tiny"):
+        bench_spec("zoo", "mirror", "huge")
+    with pytest.raises(ConfigurationError, match="shots"):
+        BenchSpec(hub="zoo", task="fewshot", size="x", epochs=4, grid=(), shots=0)
+    assert set(TASKS) == {"mirror", "rotate", "fewshot"}
