@@ -1,12 +1,14 @@
 # Two entry points a new user needs; each does its own set-up.
 #   make demo   Forecasting Model Search over the embedded digits hub (the main job)
 #   make test   run the whole test suite
-# Also: make demo-nadamw (the digits CNN with a NAdamW-list preset), make bench (BENCHMARKS.md), make bench-optim,
+# Also: make demo-nadamw (the digits CNN with a NAdamW-list preset), make bench (BENCHMARKS.md, with the Optuna
+# peers of the bench extra), make bench-optim,
 # make bench-ray (1 against 2 Ray workers).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: demo demo-nadamw test bench bench-optim bench-ray install clean
 
@@ -16,6 +18,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,ray]'
 	touch $(STAMP)
 
+# The bench extra (Optuna, pure Python): the benchmark's peers, and their tests in `make test`.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,ray,bench]'
+	touch $(BENCH_STAMP)
+
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -24,13 +31,14 @@ demo: $(STAMP)
 demo-nadamw: $(STAMP)
 	$(BIN)/fms-lightning demo $(ARGS)
 
-test: $(STAMP)
+test: $(BENCH_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The benchmark suite of BENCHMARKS.md (builds take several minutes each, the zoo's ~20 min on 2 idle cores;
-# runs ~30 min).
-BENCH_RUN := --size full --seeds 10 --candidates 128 --initial-steps 200 --refine-steps 20 --pretrain-steps 200 --transfer
-bench: $(STAMP)
+# runs take hours on 2 cores). `--methods all` includes the Optuna peers (a few seconds per run).
+BENCH_RUN := --size full --methods all --seeds 10 --candidates 128 --initial-steps 200 --refine-steps 20 \
+	--pretrain-steps 200 --transfer
+bench: $(BENCH_STAMP)
 	$(BIN)/fms-lightning bench build --size full --hub cnn diverse --task mirror rotate
 	$(BIN)/fms-lightning bench build --size full --hub zoo --task mirror rotate fewshot
 	$(BIN)/fms-lightning bench run --hub cnn --task mirror $(BENCH_RUN)

@@ -41,15 +41,21 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from fms_lightning.bench.peers import PEERS, is_peer, peer_variants, require_optuna
     from fms_lightning.bench.replay import VARIANTS, RunSettings, run_grid
     from fms_lightning.bench.spec import bench_spec
     from fms_lightning.bench.table import Benchmark
     from fms_lightning.errors import UnknownPresetError
 
-    variants = list(VARIANTS) if args.methods == ["all"] else args.methods
-    unknown = [v for v in variants if v not in VARIANTS]
+    everything = "all" in args.methods
+    named = [m for m in args.methods if m not in ("all", "peers")]
+    unknown = [v for v in named if v not in VARIANTS and not is_peer(v)]
     if unknown:
-        raise UnknownPresetError(f"Unknown method(s) {unknown}; expected 'all' or any of {list(VARIANTS)}.")
+        raise UnknownPresetError(f"Unknown method(s) {unknown}; expected 'all', 'peers' or any of {list(VARIANTS)}, "
+                                 f"or an Optuna peer: {list(PEERS)} (TPE ones also as '<name>-s<n>').")
+    with_peers = everything or "peers" in args.methods or any(is_peer(v) for v in named)
+    if with_peers:
+        require_optuna()  # fail before any run, naming the extra
     settings = RunSettings(budget=args.budget, tau_budgets=tuple(b for b in (50, 100) if b <= args.budget) or
                            (args.budget,), n_candidates=args.candidates, initial_steps=args.initial_steps,
                            refine_steps=args.refine_steps, pretrain_steps=args.pretrain_steps, threads=args.threads)
@@ -57,6 +63,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for hub in args.hub:
         for task in args.task:
             bench = Benchmark(Path(args.cache) / bench_spec(hub, task, args.size).name)
+            variants = list(VARIANTS) if everything else [v for v in named if v in VARIANTS]
+            if everything or "peers" in args.methods:  # the start-up count of the TPE peers depends on E
+                variants += peer_variants(args.budget, bench.epochs)
+            variants += [v for v in named if v not in VARIANTS and v not in variants]
             chosen = [v for v in variants if hub in ("cnn", "zoo") or v not in _FLAT]  # FLAT: one architecture
             source = None
             if args.transfer:
@@ -102,7 +112,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="replay HPO runs against built benchmarks (resumable)")
     _common(run)
-    run.add_argument("--methods", nargs="+", default=["all"], help="variants, or 'all'")
+    run.add_argument("--methods", nargs="+", default=["all"],
+                     help="variants (random, dyhpo, fms-gmn, ..., Optuna peers tpe, tpe-s<n>, tpe-hyperband, "
+                          "tpe-hyperband-s<n>, sh), 'peers' for the peers of the budget, or 'all'")
     run.add_argument("--seeds", type=int, default=10, help="number of seeds")
     run.add_argument("--seed-start", type=int, default=0)
     run.add_argument("--budget", type=int, default=100, help="epochs per run")

@@ -5,12 +5,19 @@ Each suggestion is answered with the cached metric (and, for the fms methods, th
 snapshot) of the epochs it asks for, so the run costs only surrogate time. Recorded:
 
 - the regret after every epoch of budget (:func:`~fms_lightning.bench.metrics.regret_curve`);
-- the wall time spent inside ``suggest()`` (surrogate fitting and acquisition): the overhead;
+- the wall time spent inside ``suggest()`` (surrogate fitting and acquisition): the overhead,
+  in total and cumulated at each epoch of budget (``overhead_at_epoch``);
+- the cached training seconds of the epochs trained, cumulated at each epoch of budget
+  (``train_seconds_at_epoch``, see :func:`epoch_costs`), so that the simulated wall time of a run
+  after b epochs is ``train_seconds_at_epoch[b-1] + overhead_at_epoch[b-1]``;
 - Kendall's τ at each of ``tau_budgets`` between the surrogate's predicted final-epoch metric
   and the true one, over every config of the benchmark. The τ of a budget b is taken right
   after the fit on the data of the first b epochs (the fit of the next ``suggest()``), so it
   does not change the run. For ``random``, observed final values are used and unobserved
   configs are tied below every observed one (:func:`~fms_lightning.bench.metrics.unobserved_fill`).
+
+The Optuna peers (``tpe``, ``tpe-hyperband``, ``sh``, ...) are replayed by
+:mod:`fms_lightning.bench.peers` with the same accounting; :func:`run_replay` dispatches to it.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import json
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +39,8 @@ from fms_lightning.errors import ConfigurationError
 from fms_lightning.optimizer import FMSOptimizer, Method
 from fms_lightning.study import atomic_write
 
-__all__ = ["RunSettings", "RunResult", "VARIANTS", "VARIANT_OPTIONS", "run_replay", "run_grid", "variant_name"]
+__all__ = ["RunSettings", "RunResult", "VARIANTS", "VARIANT_OPTIONS", "epoch_costs", "run_replay", "run_grid",
+           "variant_name"]
 
 # variant name -> (method, learning_curve)
 VARIANTS: dict[str, tuple[str, bool]] = {
@@ -104,11 +112,17 @@ class RunResult:
         variant: Method variant (see :data:`VARIANTS`), with ``+transfer`` for pretrained runs.
         seed: Optimizer seed.
         regret: Regret after each epoch of budget `(budget,)`.
-        tau: ``{budget: τ}``.
-        overhead_seconds: Wall time inside ``suggest()``.
+        tau: ``{budget: τ}`` (empty for the Optuna peers, which have no surrogate to rank with).
+        overhead_seconds: Wall time inside ``suggest()`` (for a peer: inside Optuna).
         total_seconds: Wall time of the run (including τ evaluation and loading snapshots).
         n_trials: Configs started.
         best_config: Config of the incumbent.
+        overhead_at_epoch: Cumulative overhead seconds once each epoch of budget was processed `(budget,)`
+            (empty in runs saved before it was recorded).
+        train_seconds_at_epoch: Cumulative training seconds of the epochs trained `(budget,)`, from the
+            cache (see :func:`epoch_costs`).
+        train_seconds_source: Where those seconds come from: ``"cache"`` (measured per epoch at build
+            time), ``"build-mean"`` (the build's mean seconds per epoch) or ``"constant"`` (1 s per epoch).
     """
 
     benchmark: str
@@ -120,6 +134,16 @@ class RunResult:
     total_seconds: float = 0.0
     n_trials: int = 0
     best_config: dict[str, Any] = field(default_factory=dict)
+    overhead_at_epoch: tuple[float, ...] = ()
+    train_seconds_at_epoch: tuple[float, ...] = ()
+    train_seconds_source: str = ""
+
+    @property
+    def wall_seconds_at_epoch(self) -> tuple[float, ...]:
+        """Simulated wall time after each epoch of budget: training seconds + overhead (empty if unrecorded)."""
+        if len(self.overhead_at_epoch) != len(self.regret) or len(self.train_seconds_at_epoch) != len(self.regret):
+            return ()
+        return tuple(a + b for a, b in zip(self.train_seconds_at_epoch, self.overhead_at_epoch))
 
     def to_json(self) -> str:
         """JSON text (τ keys become strings)."""
@@ -129,11 +153,36 @@ class RunResult:
 
     @classmethod
     def from_json(cls, text: str) -> RunResult:
-        """Inverse of :meth:`to_json`."""
-        d = json.loads(text)
-        d["tau"] = {int(k): float(v) for k, v in d["tau"].items()}
-        d["regret"] = tuple(d["regret"])
+        """Inverse of :meth:`to_json`; runs saved before a field existed load with its default."""
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in json.loads(text).items() if k in known}
+        d["tau"] = {int(k): float(v) for k, v in d.get("tau", {}).items()}
+        for key in ("regret", "overhead_at_epoch", "train_seconds_at_epoch"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
+
+
+def epoch_costs(bench: Benchmark) -> tuple[np.ndarray, str]:
+    """Training seconds of every (config, epoch) of ``bench`` `(n_configs, E)`, and where they come from.
+
+    ``bench.epoch_seconds`` (measured at build time, ``metrics.json`` key ``epoch_seconds``) when the
+    cache has it, ``"cache"``; otherwise one constant for every epoch: the build's mean seconds per
+    epoch from ``meta.json`` (``"build-mean"``), or 1 s (``"constant"``).
+    """
+    shape = bench.curves.shape
+    try:
+        measured = getattr(bench, "epoch_seconds", None)
+    except (OSError, KeyError, ValueError):  # a cache built before the seconds were recorded
+        measured = None
+    if measured is not None:
+        arr = np.asarray(measured, dtype=float)
+        if arr.shape == shape and np.all(np.isfinite(arr)) and np.all(arr >= 0):
+            return arr, "cache"
+    build = bench.meta.get("build_seconds_last_session")
+    if isinstance(build, (int, float)) and build > 0:
+        return np.full(shape, float(build) / (shape[0] * shape[1])), "build-mean"
+    return np.ones(shape), "constant"
 
 
 def _pretrain_trials(source: Benchmark, n: int, seed: int, uses_weights: bool) -> list[dict[str, Any]]:
@@ -174,10 +223,17 @@ def run_replay(bench: Benchmark, variant: str, seed: int, settings: RunSettings 
         UnknownPresetError: For an unknown ``variant``.
         ConfigurationError: If ``pretrain_from`` has a different search space, or is used with ``random``.
     """
+    from fms_lightning.bench import peers
     from fms_lightning.errors import UnknownPresetError
 
-    if variant not in VARIANTS:
-        raise UnknownPresetError(f"Unknown variant {variant!r}; expected one of {list(VARIANTS)}.")
+    if variant not in VARIANTS and not peers.is_peer(variant):
+        raise UnknownPresetError(f"Unknown variant {variant!r}; expected one of {list(VARIANTS)}, or an Optuna "
+                                 f"peer: {list(peers.PEERS)} (TPE ones also as '<name>-s<n>').")
+    if peers.is_peer(variant):
+        if pretrain_from is not None:
+            raise ConfigurationError(f"pretrain_from with variant {variant!r}; transfer needs an FMS model-based "
+                                     f"method, not an Optuna peer.")
+        return peers.run_peer(bench, variant, seed, settings)
     settings = settings or RunSettings()
     method, curve = VARIANTS[variant]
     if pretrain_from is not None and (method == "random" or pretrain_from.space != bench.space):
@@ -185,6 +241,7 @@ def run_replay(bench: Benchmark, variant: str, seed: int, settings: RunSettings 
             f"pretrain_from={pretrain_from.name!r} with variant {variant!r}; transfer needs a model-based "
             f"method and a benchmark of the same hub and grid as {bench.name!r}."
         )
+    costs, source = epoch_costs(bench)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     start = time.perf_counter()
@@ -201,7 +258,9 @@ def run_replay(bench: Benchmark, variant: str, seed: int, settings: RunSettings 
         values: list[float] = []
         tau: dict[int, float] = {}
         final_seen: dict[int, float] = {}
-        overhead, suggestion = 0.0, None
+        overhead_at: list[float] = []
+        train_at: list[float] = []
+        overhead, trained, suggestion = 0.0, 0.0, None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # surrogate fallbacks are counted as they are
             while len(values) < settings.budget:
@@ -217,6 +276,9 @@ def run_replay(bench: Benchmark, variant: str, seed: int, settings: RunSettings 
                     value = float(bench.curves[k, epoch - 1])
                     opt.observe(suggestion.trial_id, epoch, value, weights=w)
                     values.append(value)
+                    trained += float(costs[k, epoch - 1])
+                    overhead_at.append(overhead)
+                    train_at.append(trained)
                     if epoch == bench.epochs:
                         final_seen[k] = value
                     if len(values) in settings.tau_budgets:
@@ -230,6 +292,8 @@ def run_replay(bench: Benchmark, variant: str, seed: int, settings: RunSettings 
         regret=tuple(float(r) for r in regret_curve(values, bench.best_possible)), tau=tau,
         overhead_seconds=round(overhead, 4), total_seconds=round(time.perf_counter() - start, 3),
         n_trials=len(opt.trial_ids), best_config=dict(best[1]) if best else {},
+        overhead_at_epoch=tuple(round(s, 5) for s in overhead_at),
+        train_seconds_at_epoch=tuple(round(s, 5) for s in train_at), train_seconds_source=source,
     )
 
 

@@ -1,9 +1,11 @@
-"""Summarise replayed runs: tables beside the paper's Table 1, regret plots, BENCHMARKS.md."""
+"""Summarise replayed runs: tables beside the paper's Table 1, regret plots (over epochs and over
+simulated wall time), BENCHMARKS.md."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fms_lightning.bench.replay import RunResult
+from fms_lightning.bench.walltime import easiness, epochs_at, mean_se, regret_at, time_grid
 from fms_lightning.study import atomic_write
 
 __all__ = ["PAPER_TABLE1", "Summary", "load_results", "summarise", "write_report"]
@@ -27,7 +30,17 @@ PAPER_TABLE1: dict[str, tuple[tuple[float, float], tuple[float, float] | None]] 
     "gp": ((0.70, 0.73), (0.70, 0.74)),
 }
 _ORDER = ["fms-gmn", "fms-gmn-nocurve", "fms-flat", "fms-flat-nocurve", "dyhpo", "dyhpo-nocurve", "gp", "random",
-          "fms-gmn+transfer"]
+          "tpe-hyperband", "tpe-hyperband-s", "tpe", "tpe-s", "sh", "fms-gmn+transfer"]
+
+
+def _rank(variant: str) -> int:
+    """Table and legend order; ``tpe-s3`` sorts as ``tpe-s``, unknown variants last."""
+    key = re.sub(r"-s[0-9]+$", "-s", variant)
+    return _ORDER.index(key) if key in _ORDER else 99
+
+
+def _is_peer(variant: str) -> bool:
+    return re.sub(r"-s[0-9]+$", "", variant) in ("tpe-hyperband", "tpe", "sh")
 
 
 @dataclass(frozen=True)
@@ -66,12 +79,8 @@ def load_results(results_dir: str | Path) -> list[RunResult]:
     return [RunResult.from_json(p.read_text(encoding="utf-8")) for p in sorted(Path(results_dir).glob("*/*.json"))]
 
 
-def summarise(results: Sequence[RunResult]) -> list[Summary]:
-    """Group runs by (benchmark, variant); mean ± s.e. over seeds.
-
-    Only the seeds that every variant of a benchmark has finished are used, so that a
-    stopped run does not compare methods on different seeds.
-    """
+def _common_seed_runs(results: Sequence[RunResult]) -> dict[tuple[str, str], list[RunResult]]:
+    """Runs grouped by (benchmark, variant), keeping only the seeds every variant of the benchmark has."""
     seeds: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
     for r in results:
         seeds[r.benchmark][r.variant].add(r.seed)
@@ -80,6 +89,16 @@ def summarise(results: Sequence[RunResult]) -> list[Summary]:
     for r in results:
         if r.seed in common[r.benchmark]:
             groups[(r.benchmark, r.variant)].append(r)
+    return groups
+
+
+def summarise(results: Sequence[RunResult]) -> list[Summary]:
+    """Group runs by (benchmark, variant); mean ± s.e. over seeds.
+
+    Only the seeds that every variant of a benchmark has finished are used, so that a
+    stopped run does not compare methods on different seeds.
+    """
+    groups = _common_seed_runs(results)
     out = []
     for (bench, variant), runs in sorted(groups.items()):
         n = min(len(r.regret) for r in runs)
@@ -103,10 +122,10 @@ def _plot(summaries: Sequence[Summary], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for s in sorted(summaries, key=lambda s: _ORDER.index(s.variant) if s.variant in _ORDER else 99):
+    for s in sorted(summaries, key=lambda s: _rank(s.variant)):
         x = np.arange(1, len(s.regret) + 1)
         m, e = np.array(s.regret), np.array(s.regret_se)
-        ax.plot(x, m, label=f"{s.variant} (n={s.n_seeds})", ls="--" if "nocurve" in s.variant else "-")
+        ax.plot(x, m, label=f"{s.variant} (n={s.n_seeds})", ls=_style(s.variant))
         ax.fill_between(x, m - e, m + e, alpha=0.15)
     ax.set(xlabel="budget (epochs)", ylabel="regret (val accuracy)", title=title)
     ax.set_yscale("symlog", linthresh=1e-2)
@@ -117,32 +136,120 @@ def _plot(summaries: Sequence[Summary], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _tables(summaries: Sequence[Summary], plot_dir: Path, md_dir: Path) -> list[str]:
+def _style(variant: str) -> str:
+    return "--" if "nocurve" in variant else ":" if _is_peer(variant) else "-"
+
+
+def _plot_time(runs: dict[str, list[RunResult]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = time_grid([r for rs in runs.values() for r in rs])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant in sorted(runs, key=_rank):
+        m, e, n = mean_se(np.array([regret_at(r, grid) for r in runs[variant]]))
+        ok = n >= max(1, len(runs[variant]) // 2)  # drawn once half the seeds have finished an epoch
+        ax.plot(grid[ok], m[ok], label=f"{variant} (n={len(runs[variant])})", ls=_style(variant))
+        ax.fill_between(grid[ok], (m - e)[ok], (m + e)[ok], alpha=0.15)
+    ax.set(xlabel="simulated wall time (s): cached training + measured overhead", ylabel="regret (val accuracy)",
+           title=title)
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=1e-2)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _bench_facts(bench: str, cache_dir: Path | None) -> list[str]:
+    """The easiness line of a benchmark, from its cache (nothing if the cache is absent)."""
+    if cache_dir is None or not (Path(cache_dir) / bench / "meta.json").is_file():
+        return []
+    from fms_lightning.bench.table import Benchmark
+
+    try:
+        b = Benchmark(Path(cache_dir) / bench)
+    except Exception:  # noqa: BLE001 - an incomplete cache only loses this line
+        return []
+    frac, frac5 = easiness(b.final, b.best_possible), easiness(b.final, b.best_possible, within=0.05)
+    return [f"Easiness of `{bench}`: **{frac:.1%}** of its {len(b.final)} configs end within 1% of y* = "
+            f"{b.best_possible:.3f} (final `val_acc` ≥ 0.99·y*; {frac5:.1%} within 5%), so n random full "
+            f"trainings miss them all with probability ≈ {1 - frac:.2f}ⁿ (within 5%: {1 - frac5:.2f}ⁿ).", ""]
+
+
+def _wall_section(bench: str, runs: dict[str, list[RunResult]], plot_dir: Path, md_dir: Path) -> list[str]:
+    timed = {v: [r for r in rs if r.wall_seconds_at_epoch] for v, rs in runs.items() if "+transfer" not in v}
+    timed = {v: rs for v, rs in timed.items() if rs}
+    if not timed:
+        return []
+    png = plot_dir / f"regret-time-{bench}.png"
+    _plot_time(timed, png, f"regret over simulated wall time: {bench}")
+    sources = {r.train_seconds_source for rs in timed.values() for r in rs}
+    lines = ["Regret against **simulated wall time**: the cached training seconds of the epochs each run trained, "
+             "plus the overhead it measured (`suggest()`, or Optuna's ask/report/should_prune/tell), mean ± s.e.:"]
+    if sources != {"cache"}:
+        per_epoch = np.mean([r.train_seconds_at_epoch[0] for rs in timed.values() for r in rs])
+        lines[-1] += (f" **the cache has no per-epoch training seconds, so every epoch is counted at a constant "
+                      f"{per_epoch:.3g} s** ({'/'.join(sorted(sources))}: the build's mean seconds per epoch, or 1 s).")
+    lines += ["", f"![regret over simulated wall time, {bench}]({Path(os.path.relpath(png, md_dir)).as_posix()})", ""]
+    rnd = timed.get("random")
+    if not rnd:
+        return lines
+    budget = min(len(r.regret) for r in rnd)
+    points = [b for b in (50, 100) if b <= budget] or [budget]
+    times = [float(np.mean([r.wall_seconds_at_epoch[b - 1] for r in rnd])) for b in points]
+    head = " | ".join(f"regret @ {t:.1f} s (random's {b} epochs) | epochs by then" for b, t in zip(points, times))
+    lines += [f"Regret at fixed simulated wall-clock points on `{bench}` (mean ± s.e.):", "",
+              f"| method | seeds | {head} | wall time of the whole budget (s) |",
+              "|" + "---|" * (2 * len(points) + 3)]
+    for variant in sorted(timed, key=_rank):
+        rs = timed[variant]
+        cells = []
+        for t in times:
+            m, e, _ = mean_se(np.array([regret_at(r, [t]) for r in rs]))
+            ep = np.mean([epochs_at(r, [t])[0] for r in rs])
+            cells.append(f"{m[0]:.3f} ± {e[0]:.3f} | {ep:.0f}")
+        end = _mse([r.wall_seconds_at_epoch[-1] for r in rs])
+        lines.append(f"| {variant} | {len(rs)} | {' | '.join(cells)} | {end[0]:.1f} ± {end[1]:.1f} |")
+    return lines + [""]
+
+
+def _tables(summaries: Sequence[Summary], plot_dir: Path, md_dir: Path, *,
+            runs: dict[tuple[str, str], list[RunResult]] | None = None,
+            cache_dir: Path | None = None) -> list[str]:
     lines: list[str] = []
     by_bench: dict[str, list[Summary]] = defaultdict(list)
     for s in summaries:
         by_bench[s.benchmark].append(s)
     for bench, group in sorted(by_bench.items()):
-        group.sort(key=lambda s: _ORDER.index(s.variant) if s.variant in _ORDER else 99)
+        group.sort(key=lambda s: _rank(s.variant))
         paper_col = 0 if bench.startswith(("cnn", "zoo")) else 1
         paper_name = "Simple CNN Hub" if paper_col == 0 else "PTM Hub CIFAR-10"
         budgets = sorted({b for s in group for b in s.tau})
         head = " | ".join(f"τ@{b} (ours)" for b in budgets)
-        lines += [f"### `{bench}`", "",
-                  f"| method | seeds | {head} | τ@50/100 (paper, {paper_name}) | final regret | regret@50 | "
-                  f"overhead s/run |", "|" + "---|" * (len(budgets) + 6)]
+        lines += [f"### `{bench}`", "", *_bench_facts(bench, cache_dir),
+                  f"| method | seeds | {head} | τ@50/100 (paper, {paper_name}) | regret@25 | regret@50 | "
+                  f"final regret | overhead s/run |", "|" + "---|" * (len(budgets) + 7)]
         for s in group:
             paper = PAPER_TABLE1.get(s.variant)
             pv = paper[paper_col] if paper else None
             ptxt = "–" if pv is None else f"{pv[0]:.2f} / {pv[1]:.2f}"
             taus = " | ".join(_fmt(s.tau.get(b)) for b in budgets)
             reg = np.array(s.regret)
-            r50 = f"{reg[49]:.3f}" if reg.size >= 50 else "–"
-            lines.append(f"| {s.variant} | {s.n_seeds} | {taus} | {ptxt} | {reg[-1]:.3f} ± {s.regret_se[-1]:.3f} | "
-                         f"{r50} | {_fmt(s.overhead)} |")
+            at = [f"{reg[b - 1]:.3f} ± {s.regret_se[b - 1]:.3f}" if reg.size >= b else "–" for b in (25, 50)]
+            lines.append(f"| {s.variant} | {s.n_seeds} | {taus} | {ptxt} | {at[0]} | {at[1]} | "
+                         f"{reg[-1]:.3f} ± {s.regret_se[-1]:.3f} | {_fmt(s.overhead)} |")
         png = plot_dir / f"regret-{bench}.png"
         _plot([s for s in group if "+transfer" not in s.variant], png, f"regret over budget: {bench}")
         lines += ["", f"![regret over budget, {bench}]({Path(os.path.relpath(png, md_dir)).as_posix()})", ""]
+        if any(_is_peer(s.variant) for s in group):
+            lines += ["The Optuna peers (`tpe*`, `sh`) have no surrogate that ranks every config, so their τ is "
+                      "left out (–); their overhead is the time inside Optuna.", ""]
+        if runs is not None:
+            lines += _wall_section(bench, {v: rs for (b, v), rs in runs.items() if b == bench}, plot_dir, md_dir)
         ov = {s.variant: s.overhead[0] for s in group}
         if ov.get("dyhpo") and "fms-gmn" in ov:
             lines += [f"Overhead ratio FMS-GMN / DyHPO on `{bench}`: **{ov['fms-gmn'] / ov['dyhpo']:.2f}×** "
@@ -181,7 +288,8 @@ def write_report(results_dir: str | Path, out: str | Path, *, plot_dir: str | Pa
     """
     out = Path(out)
     plot_dir = (Path(plot_dir) if plot_dir is not None else out.parent / "docs" / "bench").resolve()
-    summaries = summarise(load_results(results_dir))
+    results = load_results(results_dir)
+    summaries = summarise(results)
     lines = [preamble.rstrip(), ""] if preamble else []
     if cache_dir is not None and Path(cache_dir).is_dir():
         lines += ["## Benchmarks built", "", "| benchmark | configs | epochs each | build time (s, last session) |",
@@ -192,7 +300,9 @@ def write_report(results_dir: str | Path, out: str | Path, *, plot_dir: str | Pa
                          f"{meta.get('build_seconds_last_session', '?')} |")
         lines.append("")
     lines += ["## Results (mean ± standard error over seeds)", ""]
-    lines += _tables(summaries, plot_dir, out.parent.resolve()) if summaries else ["No runs found.", ""]
+    lines += (_tables(summaries, plot_dir, out.parent.resolve(), runs=_common_seed_runs(results),
+                      cache_dir=Path(cache_dir) if cache_dir is not None else None)
+              if summaries else ["No runs found.", ""])
     if epilogue:
         lines += [epilogue.rstrip(), ""]
     text = "\n".join(lines)
