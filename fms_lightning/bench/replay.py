@@ -123,6 +123,8 @@ class RunResult:
             cache (see :func:`epoch_costs`).
         train_seconds_source: Where those seconds come from: ``"cache"`` (measured per epoch at build
             time), ``"build-mean"`` (the build's mean seconds per epoch) or ``"constant"`` (1 s per epoch).
+        epochs_per_trial: Epochs each started trial was trained, in start order (empty if unrecorded);
+            shows how the budget was spread, e.g. the share of 1-epoch probes.
     """
 
     benchmark: str
@@ -137,6 +139,7 @@ class RunResult:
     overhead_at_epoch: tuple[float, ...] = ()
     train_seconds_at_epoch: tuple[float, ...] = ()
     train_seconds_source: str = ""
+    epochs_per_trial: tuple[int, ...] = ()
 
     @property
     def wall_seconds_at_epoch(self) -> tuple[float, ...]:
@@ -157,7 +160,7 @@ class RunResult:
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in json.loads(text).items() if k in known}
         d["tau"] = {int(k): float(v) for k, v in d.get("tau", {}).items()}
-        for key in ("regret", "overhead_at_epoch", "train_seconds_at_epoch"):
+        for key in ("regret", "overhead_at_epoch", "train_seconds_at_epoch", "epochs_per_trial"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -292,6 +295,7 @@ def run_replay(bench: Benchmark, variant: str, seed: int, settings: RunSettings 
         regret=tuple(float(r) for r in regret_curve(values, bench.best_possible)), tau=tau,
         overhead_seconds=round(overhead, 4), total_seconds=round(time.perf_counter() - start, 3),
         n_trials=len(opt.trial_ids), best_config=dict(best[1]) if best else {},
+        epochs_per_trial=tuple(opt.trial(t).epochs for t in opt.trial_ids),
         overhead_at_epoch=tuple(round(s, 5) for s in overhead_at),
         train_seconds_at_epoch=tuple(round(s, 5) for s in train_at), train_seconds_source=source,
     )

@@ -53,7 +53,8 @@ def test_killed_build_resumes(cache: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(Benchmark(tmp_path / spec.name).curves, Benchmark(cache / spec.name).curves)
 
 
-@pytest.mark.parametrize("variant", ["random", "gp", "dyhpo", "fms-flat-nocurve", "fms-gmn"])
+@pytest.mark.parametrize("variant", ["random", "gp", "dyhpo", "dyhpo-horizon", "fms-flat-nocurve", "fms-gmn",
+                                     "fms-gmn-eimf"])
 def test_replay_integrity(cache: Path, variant: str) -> None:
     bench = Benchmark(cache / "cnn-mirror-tiny")
     result = run_replay(bench, variant, seed=3, settings=SETTINGS)
@@ -63,6 +64,9 @@ def test_replay_integrity(cache: Path, variant: str) -> None:
     assert set(result.tau) == {4, 8}
     assert all(-1.0 <= t <= 1.0 for t in result.tau.values())
     assert RunResult.from_json(result.to_json()) == result
+    # the budget is spread over the trials exactly (the last one may be cut short by the budget)
+    assert len(result.epochs_per_trial) == result.n_trials and sum(result.epochs_per_trial) >= SETTINGS.budget
+    assert sum(result.epochs_per_trial[:-1]) < SETTINGS.budget
 
 
 def test_replay_rejects_unknown_variant_and_bad_transfer(cache: Path) -> None:
