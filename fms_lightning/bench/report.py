@@ -129,6 +129,7 @@ def _plot(summaries: Sequence[Summary], path: Path, title: str) -> None:
         ax.fill_between(x, m - e, m + e, alpha=0.15)
     ax.set(xlabel="budget (epochs)", ylabel="regret (val accuracy)", title=title)
     ax.set_yscale("symlog", linthresh=1e-2)
+    ax.set_ylim(bottom=0)  # regret is never negative; a band of mean - s.e. may be
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +158,7 @@ def _plot_time(runs: dict[str, list[RunResult]], path: Path, title: str) -> None
            title=title)
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=1e-2)
+    ax.set_ylim(bottom=0)  # regret is never negative; a band of mean - s.e. may be
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,10 +171,11 @@ def _bench_facts(bench: str, cache_dir: Path | None) -> list[str]:
     if cache_dir is None or not (Path(cache_dir) / bench / "meta.json").is_file():
         return []
     from fms_lightning.bench.table import Benchmark
+    from fms_lightning.errors import ConfigurationError
 
     try:
         b = Benchmark(Path(cache_dir) / bench)
-    except Exception:  # noqa: BLE001 - an incomplete cache only loses this line
+    except (ConfigurationError, OSError, KeyError):  # an incomplete or foreign cache only loses this line
         return []
     frac, frac5 = easiness(b.final, b.best_possible), easiness(b.final, b.best_possible, within=0.05)
     return [f"Easiness of `{bench}`: **{frac:.1%}** of its {len(b.final)} configs end within 1% of y* = "
@@ -211,7 +214,7 @@ def _wall_section(bench: str, runs: dict[str, list[RunResult]], plot_dir: Path, 
         for t in times:
             m, e, _ = mean_se(np.array([regret_at(r, [t]) for r in rs]))
             ep = np.mean([epochs_at(r, [t])[0] for r in rs])
-            cells.append(f"{m[0]:.3f} ± {e[0]:.3f} | {ep:.0f}")
+            cells.append(f"{m[0]:.3f} ± {e[0]:.3f} | {ep:.1f}")
         end = _mse([r.wall_seconds_at_epoch[-1] for r in rs])
         lines.append(f"| {variant} | {len(rs)} | {' | '.join(cells)} | {end[0]:.1f} ± {end[1]:.1f} |")
     return lines + [""]
