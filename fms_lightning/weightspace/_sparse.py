@@ -37,6 +37,7 @@ class Csr:
     deg: Tensor
     to_other: Tensor | None = None
     _expanded: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
+    _patterns: dict[torch.dtype, Tensor] = field(default_factory=dict, repr=False)
 
     def expanded(self, channels: int) -> tuple[Tensor, Tensor]:
         """int32 row pointers and columns of the ``channels``-interleaved matrix (cached)."""
@@ -44,6 +45,13 @@ class Csr:
             col = (self.col.unsqueeze(1) * channels + torch.arange(channels)).reshape(-1)
             self._expanded[channels] = ((self.crow * channels).to(torch.int32), col.to(torch.int32))
         return self._expanded[channels]
+
+    def pattern(self, dtype: torch.dtype) -> Tensor:
+        """The single-channel edge pattern as an all-ones CSR matrix (cached per dtype)."""
+        if dtype not in self._patterns:
+            n = self.crow.numel() - 1
+            self._patterns[dtype] = _csr(self.crow, self.col, torch.ones(self.col.numel(), dtype=dtype), (n, n))
+        return self._patterns[dtype]
 
 
 def build_csr(target: Tensor, source: Tensor, num_nodes: int) -> Csr:
@@ -131,7 +139,7 @@ class GatedSpMM(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         grad_gates = grad_dense = None
         if ctx.needs_input_grad[0]:
-            pattern = _csr(csr.crow, csr.col, torch.ones(csr.col.numel(), dtype=dense.dtype), (n, n))
+            pattern = csr.pattern(dense.dtype)
             grad_gates = torch.stack(
                 [
                     torch.sparse.sampled_addmm(pattern, grad_out, per_channel[:, k].t().contiguous(), beta=0.0).values()

@@ -1,0 +1,341 @@
+"""Weight features trained in the loop: ξ(W) learned jointly with ψ and the kernel on eq. 3.
+
+Glossary:
+    W, G(W)     a snapshot's weights and its parameter graph (``graph_fn``).
+    s           the snapshot's *slot*: in the trainable modes a row carries s in its single
+                weight column instead of an embedding (row of y_{i,j}: the slot of W_{i,j-1}).
+    h_v         the final GMN state of node v (eq. 6 before the mean), `(d,)`.
+    μ, σ        per-channel mean and scale of h_v over every known snapshot under the
+                initial (seeded) trunk; fixed when ψ is built from scratch.
+    ξ(W)        ``mean_v LeakyReLU(A (h_v - μ) / σ + b)``: one per-node layer, then the mean of
+                eq. 6. It only sums over nodes, so it is permutation invariant like eq. 6.
+
+Modes (:class:`GMNTraining`):
+    frozen      ξ is a fixed random GMN's embedding (``weights.WeightFeaturizer``): the ablation.
+    readout     the message-passing trunk stays at its seeded initialisation; its node states are
+                computed once per snapshot and cached; A, b are trained with ψ and the kernel.
+    full        the trunk is trained too, in the from-scratch fits (few rows, few graphs): each
+                Adam step runs the GMN on ONE ``Batch`` of the distinct snapshots the rows
+                reference, and gathers the result to the rows. After such a fit every snapshot is
+                re-embedded with the trained trunk, and the warm-started refits train the readout
+                on those cached node states.
+
+Cost (DESIGN.md "Performance stance"): each snapshot's graph is built once (keyed by its
+content hash); node states are computed once per snapshot and trunk version, one graph at a
+time, so that they do not depend on which other graphs were embedded with them (a resumed
+study reproduces them bit for bit).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fms_lightning.errors import ConfigurationError
+from fms_lightning.surrogate.weights import GraphFn, content_key, load_weights
+
+__all__ = ["GMNTraining", "GraphReadout", "SnapshotFeaturizer", "segment_mean"]
+
+_GRAPH_KEYS = ("x", "edge_index", "edge_attr")
+
+
+class GMNTraining(str, Enum):
+    """How much of the weight encoder is trained in the loop (see the module docstring)."""
+
+    FROZEN = "frozen"
+    READOUT = "readout"
+    FULL = "full"
+
+
+def segment_mean(values: Tensor, segment: Tensor, n_segments: int) -> Tensor:
+    """Mean of the rows of ``values`` `(N, d)` per segment id `(N,)`; returns `(n_segments, d)`."""
+    out = values.new_zeros(n_segments, values.shape[1]).index_add_(0, segment, values)
+    counts = torch.bincount(segment, minlength=n_segments).clamp_min(1).to(values.dtype)
+    return out / counts.unsqueeze(1)
+
+
+def node_scaler(h: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and scale of node states `(N, d)`, the scale floored like ``gp.weight_scaler``."""
+    h = h.to(torch.float64)
+    if h.shape[0] == 0:
+        return torch.zeros(h.shape[1], dtype=torch.float64), torch.ones(h.shape[1], dtype=torch.float64)
+    mean = h.mean(0)
+    overall = float((h - mean).std()) if h.numel() > 1 else 0.0
+    floor = 0.1 * overall if overall > 1e-12 else 1.0
+    col = h.std(0).nan_to_num(0.0) if h.shape[0] > 1 else torch.zeros_like(mean)
+    return mean, col.clamp_min(floor)
+
+
+class SnapshotFeaturizer:
+    """Slots, graphs and cached node states of snapshots, for the trainable GMN modes.
+
+    The rows' weight column holds a snapshot's slot (``cache[key]``); the
+    :class:`GraphReadout` inside ψ maps slots to ξ(W) with this featurizer as its bank.
+
+    Args:
+        encoder: A ``weightspace.GMNEncoder`` (anything with ``node_states(Batch) -> (N, d)``
+            and ``out_dim``): the seeded initial trunk. It is never modified; the ``"full"``
+            mode trains a copy inside ψ.
+        graph_fn: ``graph_fn(config, state_dict) -> Data``.
+        mode: ``"readout"`` or ``"full"``.
+        readout_dim: Width of ξ (the per-node layer's output).
+        max_trunk_graphs: A from-scratch fit whose rows reference more distinct snapshots
+            than this trains only the readout (the trunk's cost grows with the graphs per step).
+
+    Raises:
+        ConfigurationError: For ``mode="frozen"``, an encoder without ``node_states``, or a
+            non-positive width.
+    """
+
+    out_dim = 1  # width of the rows' weight columns: the slot
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        graph_fn: GraphFn,
+        *,
+        mode: GMNTraining | str = GMNTraining.READOUT,
+        readout_dim: int = 32,
+        max_trunk_graphs: int = 64,
+    ) -> None:
+        self.mode = GMNTraining(mode)
+        if self.mode is GMNTraining.FROZEN:
+            raise ConfigurationError("SnapshotFeaturizer serves gmn_training='readout' or 'full'; "
+                                     "use WeightFeaturizer for 'frozen'.")
+        if not callable(getattr(encoder, "node_states", None)) or not isinstance(getattr(encoder, "out_dim", None), int):
+            raise ConfigurationError(
+                f"gmn_training={self.mode.value!r} needs an encoder with node_states(batch) and out_dim "
+                f"(weightspace.GMNEncoder); got {type(encoder).__name__}. Use gmn_training='frozen' for it."
+            )
+        if readout_dim < 1 or max_trunk_graphs < 0:
+            raise ConfigurationError(
+                f"SnapshotFeaturizer received readout_dim={readout_dim}, max_trunk_graphs={max_trunk_graphs}; "
+                f"expected readout_dim >= 1 and max_trunk_graphs >= 0."
+            )
+        if not callable(graph_fn):
+            raise ConfigurationError(f"graph_fn={graph_fn!r} is not callable; expected graph_fn(config, state_dict).")
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.graph_fn = graph_fn
+        self.readout_dim = int(readout_dim)
+        self.max_trunk_graphs = int(max_trunk_graphs)
+        self.node_dim = int(encoder.out_dim)
+        self.keys: list[str] = []  # slot -> content key
+        self.cache: dict[str, Tensor] = {}  # content key -> the rows' weight column, `(1,)`
+        self.graphs: list[Any] = []  # slot -> minimal graph (None until flushed)
+        self._pending: dict[int, tuple[dict[str, Any], dict[str, Tensor]]] = {}
+        self._states: OrderedDict[str, dict[int, Tensor]] = OrderedDict()  # trunk tag -> slot -> node states
+        self._frozen_tag = _module_hash(self.encoder)
+
+    # -- snapshots -----------------------------------------------------------------
+    def add(self, config: Mapping[str, Any], weights: Mapping[str, Tensor] | str | Path) -> str:
+        """Register a snapshot and give it a slot; returns its content key (graph built at :meth:`flush`)."""
+        sd = load_weights(weights)
+        key = content_key(sd)
+        if key not in self.cache:
+            slot = len(self.keys)
+            self.keys.append(key)
+            self.graphs.append(None)
+            self.cache[key] = torch.tensor([float(slot)], dtype=torch.float64)
+            self._pending[slot] = (dict(config), sd)
+        return key
+
+    def flush(self) -> None:
+        """Build the parameter graph of every pending snapshot (once per snapshot)."""
+        for slot, (cfg, sd) in list(self._pending.items()):
+            self.graphs[slot] = _minimal(self.graph_fn(cfg, sd))
+        self._pending.clear()
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self.cache[key]
+
+    def batch(self, slots: Sequence[int]) -> Any:
+        """One torch_geometric ``Batch`` of the graphs of ``slots``, in that order."""
+        from torch_geometric.data import Batch
+
+        self.flush()
+        return Batch.from_data_list([self.graphs[s] for s in slots])
+
+    # -- node states -----------------------------------------------------------------
+    @torch.no_grad()
+    def node_states(self, slots: Sequence[int], trunk: nn.Module | None = None, tag: str | None = None) -> list[Tensor]:
+        """Node states `(n_v, d)` of each slot under ``trunk`` (default: the initial encoder).
+
+        Computed once per (slot, trunk version ``tag``), one graph at a time.
+        """
+        if trunk is None or tag is None or tag == self._frozen_tag:
+            trunk, tag = self.encoder, self._frozen_tag
+        self.flush()
+        store = self._states.get(tag)
+        if store is None:
+            store = self._states[tag] = {}
+            while len(self._states) > 2:  # the frozen trunk's states and the latest trained trunk's
+                old = next(k for k in self._states if k != self._frozen_tag)
+                del self._states[old]
+        was_training = trunk.training
+        trunk.eval()
+        try:
+            for s in slots:
+                if s not in store:
+                    store[s] = trunk.node_states(self.graphs[s]).detach().clone()
+        finally:
+            trunk.train(was_training)
+        return [store[s] for s in slots]
+
+    def scaler(self) -> tuple[Tensor, Tensor]:
+        """μ, σ of the initial trunk's node states over every known snapshot `(d,)` each."""
+        states = self.node_states(range(len(self.keys)))
+        h = torch.cat(states) if states else torch.zeros(0, self.node_dim)
+        return node_scaler(h)
+
+    def make_module(self) -> GraphReadout:
+        """A fresh :class:`GraphReadout` reading this bank (``"full"``: with a trainable copy of the trunk)."""
+        trunk = copy.deepcopy(self.encoder).requires_grad_(True) if self.mode is GMNTraining.FULL else None
+        module = GraphReadout(self, self.node_dim, self.readout_dim, trunk=trunk)
+        mean, scale = self.scaler()
+        module.set_scaler(mean, scale)
+        return module
+
+    def trains_trunk(self, n_graphs: int) -> bool:
+        """Whether a from-scratch fit over rows referencing ``n_graphs`` distinct snapshots trains the trunk."""
+        return self.mode is GMNTraining.FULL and n_graphs <= self.max_trunk_graphs
+
+    # -- state -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors and values: slots, each snapshot's graph (wirings stored once) and the encoder."""
+        self.flush()
+        wirings: dict[str, Tensor] = {}
+        graphs = []
+        for g in self.graphs:
+            sig = g.signature if isinstance(getattr(g, "signature", None), str) else None
+            entry = {"x": g.x, "edge_attr": g.edge_attr, "num_nodes": int(g.num_nodes), "signature": sig}
+            if sig is None:
+                entry["edge_index"] = g.edge_index
+            else:
+                wirings.setdefault(sig, g.edge_index)
+            graphs.append(entry)
+        return {"mode": self.mode.value, "keys": list(self.keys), "graphs": graphs, "wirings": wirings,
+                "encoder": self.encoder.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (node states are recomputed on demand, identically)."""
+        from torch_geometric.data import Data
+
+        if state.get("encoder") is not None:
+            self.load_encoder(state["encoder"])
+        self.keys = list(state.get("keys", []))
+        self.cache = {k: torch.tensor([float(s)], dtype=torch.float64) for s, k in enumerate(self.keys)}
+        wirings = state.get("wirings", {})
+        self.graphs = []
+        for e in state.get("graphs", []):
+            ei = e["edge_index"] if e.get("signature") is None else wirings[e["signature"]]
+            g = Data(x=e["x"], edge_index=ei, edge_attr=e["edge_attr"], num_nodes=int(e["num_nodes"]))
+            if e.get("signature") is not None:
+                g.signature = e["signature"]
+            self.graphs.append(g)
+        self._pending.clear()
+        self._states.clear()
+
+    def load_encoder(self, params: Mapping[str, Tensor]) -> None:
+        """Replace the initial trunk's parameters (node states of the old trunk are dropped)."""
+        self.encoder.load_state_dict(params)
+        self._frozen_tag = _module_hash(self.encoder)
+        self._states.clear()
+
+
+class GraphReadout(nn.Module):
+    """Slots of snapshots -> ξ(W) `(n, out_dim)`: a trainable per-node layer and a mean over nodes.
+
+    Lives inside ψ (``FeatureExtractor``), so it is (re)initialised, trained on eq. 3 and
+    saved with ψ. Its bank is a :class:`SnapshotFeaturizer`. Call :meth:`prepare` after the
+    trunk's parameters changed (a fit, a load) and before a fit that trains the trunk.
+
+    Args:
+        source: The bank of graphs and node states.
+        node_dim: Width ``d`` of the node states.
+        out_dim: Width of ξ.
+        trunk: A trainable GMN trunk (mode ``"full"``), kept in its own dtype; or None.
+        negative_slope: Leaky-ReLU slope.
+    """
+
+    def __init__(
+        self, source: SnapshotFeaturizer, node_dim: int, out_dim: int, *, trunk: nn.Module | None = None,
+        negative_slope: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.lin = nn.Linear(node_dim, out_dim)
+        self.trunk = trunk
+        self.register_buffer("mu", torch.zeros(node_dim))
+        self.register_buffer("sigma", torch.ones(node_dim))
+        self.out_dim = int(out_dim)
+        self.negative_slope = float(negative_slope)
+        self.source = source
+        self.train_trunk = False
+        self._trunk_dtype = None if trunk is None else next(trunk.parameters()).dtype
+        self._tag: str | None = None
+        self._memo: tuple[tuple[int, ...], Any, Tensor] | None = None
+
+    def set_scaler(self, mean: Tensor, scale: Tensor) -> None:
+        """Fix μ and σ (in place, so they follow the module's dtype)."""
+        with torch.no_grad():
+            self.mu.copy_(mean)
+            self.sigma.copy_(scale)
+        self._memo = None
+
+    def prepare(self, *, train_trunk: bool) -> None:
+        """Choose whether forward runs the trunk on graphs (trained) or reads cached node states."""
+        self.train_trunk = bool(train_trunk and self.trunk is not None)
+        self._tag = None if self.trunk is None else _module_hash(self.trunk)
+        self._memo = None
+
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> GraphReadout:
+        super()._apply(fn, *args, **kwargs)
+        if self.trunk is not None and self._trunk_dtype is not None:  # ψ is float64; the GMN stays in its dtype
+            self.trunk.to(self._trunk_dtype)
+        return self
+
+    def forward(self, weight_columns: Tensor) -> Tensor:
+        """Map the rows' slot column `(n, 1)` to ξ `(n, out_dim)`; each distinct slot is embedded once."""
+        slots = weight_columns[:, 0].round().long()
+        uniq, inv = torch.unique(slots, return_inverse=True)
+        key = tuple(uniq.tolist())
+        dtype = self.lin.weight.dtype
+        if self.train_trunk:
+            if self._memo is None or self._memo[0] != key:
+                batch = self.source.batch(key)
+                self._memo = (key, batch, batch.batch)
+            _, batch, segment = self._memo
+            h = (self.trunk.node_states(batch).to(dtype) - self.mu) / self.sigma  # type: ignore[union-attr]
+        else:
+            if self._memo is None or self._memo[0] != key:
+                states = self.source.node_states(key, self.trunk, self._tag)
+                counts = torch.tensor([s.shape[0] for s in states])
+                h0 = (torch.cat(states).to(dtype) - self.mu) / self.sigma
+                self._memo = (key, h0, torch.repeat_interleave(torch.arange(len(key)), counts))
+            _, h, segment = self._memo
+        z = F.leaky_relu(self.lin(h), self.negative_slope)
+        return segment_mean(z, segment, len(key))[inv]
+
+
+def _minimal(graph: Any) -> Any:
+    """Only what the GMN reads (features, wiring, signature): smaller to cache and to save."""
+    from torch_geometric.data import Data
+
+    g = Data(**{k: getattr(graph, k) for k in _GRAPH_KEYS}, num_nodes=int(graph.num_nodes))
+    sig = getattr(graph, "signature", None)
+    if isinstance(sig, str):
+        g.signature = sig
+    return g
+
+
+def _module_hash(module: nn.Module) -> str:
+    from fms_lightning.weightspace import state_dict_hash
+
+    return state_dict_hash(module.state_dict())
