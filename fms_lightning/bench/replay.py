@@ -32,7 +32,7 @@ from fms_lightning.errors import ConfigurationError
 from fms_lightning.optimizer import FMSOptimizer, Method
 from fms_lightning.study import atomic_write
 
-__all__ = ["RunSettings", "RunResult", "VARIANTS", "run_replay", "run_grid", "variant_name"]
+__all__ = ["RunSettings", "RunResult", "VARIANTS", "GMN_TRAINING_VARIANTS", "run_replay", "run_grid", "variant_name"]
 
 # variant name -> (method, learning_curve)
 VARIANTS: dict[str, tuple[str, bool]] = {
@@ -44,6 +44,17 @@ VARIANTS: dict[str, tuple[str, bool]] = {
     "fms-flat-nocurve": ("fms-flat", False),
     "fms-gmn": ("fms-gmn", True),
     "fms-gmn-nocurve": ("fms-gmn", False),
+    "fms-gmn-frozen": ("fms-gmn", True),
+    "fms-gmn-readout": ("fms-gmn", True),
+    "fms-gmn-full": ("fms-gmn", True),
+}
+
+# variant name -> FMSOptimizer(gmn_training=...): the GMN-training ablation (issue 11). These run
+# only when named; "fms-gmn" uses RunSettings.gmn_training (None: the optimizer's default).
+GMN_TRAINING_VARIANTS: dict[str, str] = {
+    "fms-gmn-frozen": "frozen",
+    "fms-gmn-readout": "readout",
+    "fms-gmn-full": "full",
 }
 
 
@@ -65,6 +76,8 @@ class RunSettings:
         pretrain_configs: Configs of the other task used to pretrain the surrogate (transfer runs).
         pretrain_steps: Adam steps of that pretraining.
         threads: ``torch.set_num_threads`` during the run.
+        gmn_training: ``FMSOptimizer(gmn_training=...)`` of the ``fms-gmn`` variants that do not
+            name one (None: the optimizer's default).
 
     Raises:
         ConfigurationError: If a value is out of range.
@@ -78,6 +91,7 @@ class RunSettings:
     pretrain_configs: int = 32
     pretrain_steps: int = 500
     threads: int = 1
+    gmn_training: str | None = None
 
     def __post_init__(self) -> None:
         if self.budget < 1 or any(not 1 <= b <= self.budget for b in self.tau_budgets):
@@ -185,6 +199,7 @@ def run_replay(bench: Benchmark, variant: str, seed: int, settings: RunSettings 
             bench.space, max_epochs=bench.epochs, method=method, mode="max", seed=seed, learning_curve=curve,
             n_candidates=settings.n_candidates, initial_steps=settings.initial_steps,
             refine_steps=settings.refine_steps, graph_fn=bench.graph_fn, starting_weights_fn=bench.starting_weights,
+            gmn_training=GMN_TRAINING_VARIANTS.get(variant, settings.gmn_training if method == "fms-gmn" else None),
         )
         if pretrain_from is not None:
             opt.pretrain(_pretrain_trials(pretrain_from, settings.pretrain_configs, seed, opt.method.uses_weights),
