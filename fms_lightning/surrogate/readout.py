@@ -5,10 +5,12 @@ Glossary:
     s           the snapshot's *slot*: in the trainable modes a row carries s in its single
                 weight column instead of an embedding (row of y_{i,j}: the slot of W_{i,j-1}).
     h_v         the final GMN state of node v (eq. 6 before the mean), `(d,)`.
-    μ, σ        per-channel mean and scale of h_v over every known snapshot under the
-                initial (seeded) trunk; fixed when ψ is built from scratch.
-    ξ(W)        ``mean_v LeakyReLU(A (h_v - μ) / σ + b)``: one per-node layer, then the mean of
-                eq. 6. It only sums over nodes, so it is permutation invariant like eq. 6.
+    μ, σ, P     per-channel mean and scale of h_v, and the whitened leading principal
+                directions `(d, k)` of the standardised states, over every known snapshot under
+                the initial (seeded) trunk; fixed when ψ is built from scratch. P keeps the
+                per-step cost of the readout small (k = 32 instead of d = 256 per node).
+    ξ(W)        ``mean_v LeakyReLU(A P^T (h_v - μ) / σ + b)``: one per-node layer, then the mean
+                of eq. 6. It only sums over nodes, so it is permutation invariant like eq. 6.
 
 Modes (:class:`GMNTraining`):
     frozen      ξ is a fixed random GMN's embedding (``weights.WeightFeaturizer``): the ablation.
@@ -62,16 +64,31 @@ def segment_mean(values: Tensor, segment: Tensor, n_segments: int) -> Tensor:
     return out / counts.unsqueeze(1)
 
 
-def node_scaler(h: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and scale of node states `(N, d)`, the scale floored like ``gp.weight_scaler``."""
+def node_scaler(h: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """μ, σ `(d,)` and a whitening projection P `(d, k)` of node states `(N, d)`.
+
+    σ is floored like ``gp.weight_scaler``. P holds the ``k`` leading right singular vectors
+    of the standardised states, each divided by its component's standard deviation (floored
+    at 1e-3 of the largest); with fewer than ``k`` states or channels the rest is zero.
+    """
     h = h.to(torch.float64)
+    d = h.shape[1]
+    proj = torch.zeros(d, k, dtype=torch.float64)
     if h.shape[0] == 0:
-        return torch.zeros(h.shape[1], dtype=torch.float64), torch.ones(h.shape[1], dtype=torch.float64)
+        proj[: min(d, k), : min(d, k)] = torch.eye(min(d, k), dtype=torch.float64)
+        return torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64), proj
     mean = h.mean(0)
     overall = float((h - mean).std()) if h.numel() > 1 else 0.0
     floor = 0.1 * overall if overall > 1e-12 else 1.0
     col = h.std(0).nan_to_num(0.0) if h.shape[0] > 1 else torch.zeros_like(mean)
-    return mean, col.clamp_min(floor)
+    scale = col.clamp_min(floor)
+    z = (h - mean) / scale
+    _, sv, vh = torch.linalg.svd(z, full_matrices=False)
+    comp_std = sv / max(h.shape[0] - 1, 1) ** 0.5
+    m = min(k, vh.shape[0])
+    top = float(comp_std[0]) if comp_std.numel() and float(comp_std[0]) > 1e-12 else 1.0
+    proj[:, :m] = vh[:m].t() / comp_std[:m].clamp_min(1e-3 * top).unsqueeze(0)
+    return mean, scale, proj
 
 
 class SnapshotFeaturizer:
@@ -87,6 +104,7 @@ class SnapshotFeaturizer:
         graph_fn: ``graph_fn(config, state_dict) -> Data``.
         mode: ``"readout"`` or ``"full"``.
         readout_dim: Width of ξ (the per-node layer's output).
+        components: ``k``, the principal directions of the node states the readout reads.
         max_trunk_graphs: A from-scratch fit whose rows reference more distinct snapshots
             than this trains only the readout (the trunk's cost grows with the graphs per step).
 
@@ -104,6 +122,7 @@ class SnapshotFeaturizer:
         *,
         mode: GMNTraining | str = GMNTraining.READOUT,
         readout_dim: int = 32,
+        components: int = 32,
         max_trunk_graphs: int = 64,
     ) -> None:
         self.mode = GMNTraining(mode)
@@ -115,16 +134,17 @@ class SnapshotFeaturizer:
                 f"gmn_training={self.mode.value!r} needs an encoder with node_states(batch) and out_dim "
                 f"(weightspace.GMNEncoder); got {type(encoder).__name__}. Use gmn_training='frozen' for it."
             )
-        if readout_dim < 1 or max_trunk_graphs < 0:
+        if readout_dim < 1 or components < 1 or max_trunk_graphs < 0:
             raise ConfigurationError(
-                f"SnapshotFeaturizer received readout_dim={readout_dim}, max_trunk_graphs={max_trunk_graphs}; "
-                f"expected readout_dim >= 1 and max_trunk_graphs >= 0."
+                f"SnapshotFeaturizer received readout_dim={readout_dim}, components={components}, "
+                f"max_trunk_graphs={max_trunk_graphs}; expected positive widths and max_trunk_graphs >= 0."
             )
         if not callable(graph_fn):
             raise ConfigurationError(f"graph_fn={graph_fn!r} is not callable; expected graph_fn(config, state_dict).")
         self.encoder = encoder.eval().requires_grad_(False)
         self.graph_fn = graph_fn
         self.readout_dim = int(readout_dim)
+        self.components = int(components)
         self.max_trunk_graphs = int(max_trunk_graphs)
         self.node_dim = int(encoder.out_dim)
         self.keys: list[str] = []  # slot -> content key
@@ -189,18 +209,17 @@ class SnapshotFeaturizer:
             trunk.train(was_training)
         return [store[s] for s in slots]
 
-    def scaler(self) -> tuple[Tensor, Tensor]:
-        """μ, σ of the initial trunk's node states over every known snapshot `(d,)` each."""
+    def scaler(self) -> tuple[Tensor, Tensor, Tensor]:
+        """μ, σ, P of the initial trunk's node states over every known snapshot (:func:`node_scaler`)."""
         states = self.node_states(range(len(self.keys)))
         h = torch.cat(states) if states else torch.zeros(0, self.node_dim)
-        return node_scaler(h)
+        return node_scaler(h, self.components)
 
     def make_module(self) -> GraphReadout:
         """A fresh :class:`GraphReadout` reading this bank (``"full"``: with a trainable copy of the trunk)."""
         trunk = copy.deepcopy(self.encoder).requires_grad_(True) if self.mode is GMNTraining.FULL else None
-        module = GraphReadout(self, self.node_dim, self.readout_dim, trunk=trunk)
-        mean, scale = self.scaler()
-        module.set_scaler(mean, scale)
+        module = GraphReadout(self, self.node_dim, self.readout_dim, components=self.components, trunk=trunk)
+        module.set_scaler(*self.scaler())
         return module
 
     def trains_trunk(self, n_graphs: int) -> bool:
@@ -261,19 +280,21 @@ class GraphReadout(nn.Module):
         source: The bank of graphs and node states.
         node_dim: Width ``d`` of the node states.
         out_dim: Width of ξ.
+        components: ``k``, the width of the projected node states.
         trunk: A trainable GMN trunk (mode ``"full"``), kept in its own dtype; or None.
         negative_slope: Leaky-ReLU slope.
     """
 
     def __init__(
-        self, source: SnapshotFeaturizer, node_dim: int, out_dim: int, *, trunk: nn.Module | None = None,
-        negative_slope: float = 0.01,
+        self, source: SnapshotFeaturizer, node_dim: int, out_dim: int, *, components: int = 32,
+        trunk: nn.Module | None = None, negative_slope: float = 0.01,
     ) -> None:
         super().__init__()
-        self.lin = nn.Linear(node_dim, out_dim)
+        self.lin = nn.Linear(components, out_dim)
         self.trunk = trunk
         self.register_buffer("mu", torch.zeros(node_dim))
         self.register_buffer("sigma", torch.ones(node_dim))
+        self.register_buffer("proj", torch.zeros(node_dim, components))
         self.out_dim = int(out_dim)
         self.negative_slope = float(negative_slope)
         self.source = source
@@ -282,11 +303,12 @@ class GraphReadout(nn.Module):
         self._tag: str | None = None
         self._memo: tuple[tuple[int, ...], Any, Tensor] | None = None
 
-    def set_scaler(self, mean: Tensor, scale: Tensor) -> None:
-        """Fix μ and σ (in place, so they follow the module's dtype)."""
+    def set_scaler(self, mean: Tensor, scale: Tensor, proj: Tensor) -> None:
+        """Fix μ, σ and P (in place, so they follow the module's dtype)."""
         with torch.no_grad():
             self.mu.copy_(mean)
             self.sigma.copy_(scale)
+            self.proj.copy_(proj)
         self._memo = None
 
     def prepare(self, *, train_trunk: bool) -> None:
@@ -312,16 +334,21 @@ class GraphReadout(nn.Module):
                 batch = self.source.batch(key)
                 self._memo = (key, batch, batch.batch)
             _, batch, segment = self._memo
-            h = (self.trunk.node_states(batch).to(dtype) - self.mu) / self.sigma  # type: ignore[union-attr]
+            h = self._project(self.trunk.node_states(batch).to(dtype))  # type: ignore[union-attr]
         else:
             if self._memo is None or self._memo[0] != key:
                 states = self.source.node_states(key, self.trunk, self._tag)
                 counts = torch.tensor([s.shape[0] for s in states])
-                h0 = (torch.cat(states).to(dtype) - self.mu) / self.sigma
+                h0 = self._project(torch.cat(states).to(dtype))
                 self._memo = (key, h0, torch.repeat_interleave(torch.arange(len(key)), counts))
             _, h, segment = self._memo
         z = F.leaky_relu(self.lin(h), self.negative_slope)
         return segment_mean(z, segment, len(key))[inv]
+
+
+    def _project(self, h: Tensor) -> Tensor:
+        """``P^T (h_v - μ) / σ`` for node states `(N, d)`; returns `(N, k)`."""
+        return ((h - self.mu) / self.sigma) @ self.proj
 
 
 def _minimal(graph: Any) -> Any:
