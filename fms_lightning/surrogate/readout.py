@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fms_lightning.errors import ConfigurationError
+from fms_lightning.errors import ConfigurationError, IncompatibleWeightsError
 from fms_lightning.surrogate.weights import GraphFn, content_key, load_weights
 
 __all__ = ["GMNTraining", "GraphReadout", "SnapshotFeaturizer", "segment_mean"]
@@ -150,7 +150,8 @@ class SnapshotFeaturizer:
         self.keys: list[str] = []  # slot -> content key
         self.cache: dict[str, Tensor] = {}  # content key -> the rows' weight column, `(1,)`
         self.graphs: list[Any] = []  # slot -> minimal graph (None until flushed)
-        self._pending: dict[int, tuple[dict[str, Any], dict[str, Tensor]]] = {}
+        self._paths: dict[int, tuple[dict[str, Any], str]] = {}  # slots read from a file: (config, path)
+        self._pending: dict[int, tuple[dict[str, Any], dict[str, Tensor] | str]] = {}
         self._states: OrderedDict[str, dict[int, Tensor]] = OrderedDict()  # trunk tag -> slot -> node states
         self._frozen_tag = _module_hash(self.encoder)
 
@@ -165,13 +166,27 @@ class SnapshotFeaturizer:
             self.graphs.append(None)
             self.cache[key] = torch.tensor([float(slot)], dtype=torch.float64)
             self._pending[slot] = (dict(config), sd)
+            if isinstance(weights, (str, Path)):
+                self._paths[slot] = (dict(config), str(weights))
         return key
 
     def flush(self) -> None:
-        """Build the parameter graph of every pending snapshot (once per snapshot)."""
+        """Build the parameter graph of every pending snapshot (once per snapshot).
+
+        Raises:
+            IncompatibleWeightsError: If a snapshot file named in a loaded state changed.
+        """
         for slot, (cfg, sd) in list(self._pending.items()):
+            if isinstance(sd, str):  # restored from a state: read the file again and check it
+                sd = load_weights(sd)
+                if content_key(sd) != self.keys[slot]:
+                    raise IncompatibleWeightsError(
+                        f"The snapshot file {self._paths[slot][1]!r} changed since it was observed (content "
+                        f"hash differs); the trained GMN cannot rebuild its graph. Restore the file, or resume "
+                        f"with gmn_training='frozen'."
+                    )
             self.graphs[slot] = _minimal(self.graph_fn(cfg, sd))
-        self._pending.clear()
+            del self._pending[slot]
 
     def __getitem__(self, key: str) -> Tensor:
         return self.cache[key]
@@ -228,11 +243,16 @@ class SnapshotFeaturizer:
 
     # -- state -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Plain tensors and values: slots, each snapshot's graph (wirings stored once) and the encoder."""
+        """Plain tensors and values: slots, the encoder, and per snapshot its file path (when it
+        was observed as a file) or its graph (wirings stored once)."""
         self.flush()
         wirings: dict[str, Tensor] = {}
-        graphs = []
-        for g in self.graphs:
+        graphs: list[dict[str, Any]] = []
+        for slot, g in enumerate(self.graphs):
+            if slot in self._paths:
+                cfg, path = self._paths[slot]
+                graphs.append({"path": path, "config": cfg})
+                continue
             sig = g.signature if isinstance(getattr(g, "signature", None), str) else None
             entry = {"x": g.x, "edge_attr": g.edge_attr, "num_nodes": int(g.num_nodes), "signature": sig}
             if sig is None:
@@ -253,13 +273,19 @@ class SnapshotFeaturizer:
         self.cache = {k: torch.tensor([float(s)], dtype=torch.float64) for s, k in enumerate(self.keys)}
         wirings = state.get("wirings", {})
         self.graphs = []
-        for e in state.get("graphs", []):
+        self._paths.clear()
+        self._pending.clear()
+        for slot, e in enumerate(state.get("graphs", [])):
+            if "path" in e:  # rebuilt from the file at the next flush
+                self._paths[slot] = (dict(e["config"]), str(e["path"]))
+                self._pending[slot] = (dict(e["config"]), str(e["path"]))
+                self.graphs.append(None)
+                continue
             ei = e["edge_index"] if e.get("signature") is None else wirings[e["signature"]]
             g = Data(x=e["x"], edge_index=ei, edge_attr=e["edge_attr"], num_nodes=int(e["num_nodes"]))
             if e.get("signature") is not None:
                 g.signature = e["signature"]
             self.graphs.append(g)
-        self._pending.clear()
         self._states.clear()
 
     def load_encoder(self, params: Mapping[str, Tensor]) -> None:

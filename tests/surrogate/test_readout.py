@@ -232,3 +232,33 @@ def test_frozen_mode_embeds_once_with_a_fixed_encoder():
     with torch.no_grad():
         xi = opt.featurizer.encoder(opt.featurizer.graph_fn(t.config, sd))[0].to(torch.float64)
     torch.testing.assert_close(rows[0, opt.layout.weight_slice], xi)  # row of y_{0,1} reads W_{0,0}
+
+
+def test_snapshots_observed_as_files_are_saved_by_path_and_rebuilt(tmp_path):
+    from fms_lightning.errors import IncompatibleWeightsError
+
+    def step(opt, p, files):
+        s = opt.suggest()
+        for e in range(opt.trial(s.trial_id).epochs + 1, s.epoch + 1):
+            path = tmp_path / f"t{s.trial_id}_e{e}.pt"
+            torch.save(p.weights(s.config, e), path)
+            files.append(path)
+            opt.observe(s.trial_id, e, p.value(s.config, e), weights=str(path))
+        return s
+
+    a, p = _opt("readout")
+    files: list = []
+    for _ in range(6):
+        step(a, p, files)
+    state = a.state_dict()
+    saved = state["featurizer"]["graphs"]
+    assert sum("path" in g for g in saved) == len(files) and all("x" not in g for g in saved if "path" in g)
+    torch.save(state, tmp_path / "opt.pt")
+    b, _ = _opt("readout")
+    b.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    assert a.suggest() == b.suggest()
+
+    torch.save({k: v * 2 for k, v in torch.load(files[0]).items()}, files[0])
+    c, _ = _opt("readout")
+    with pytest.raises(IncompatibleWeightsError, match="changed since it was observed"):
+        c.load_state_dict(state)
