@@ -164,6 +164,11 @@ class FMSOptimizer:
             the from-scratch fits; refits train the readout on the re-embedded snapshots).
             Default: ``"readout"`` for ``"fms-gmn"`` (``"frozen"`` for an encoder without
             ``node_states``), ``"frozen"`` for ``"fms-flat"``.
+        gmn_trunk_fits: With ``gmn_training="full"``: how many of the last from-scratch fits
+            train the trunk, counted in observations (the fits at ``full_fit_until -
+            gmn_trunk_fits + 1`` to ``full_fit_until`` observations; the last one's trunk is the
+            one the refine phase keeps); None: every from-scratch fit. ``pretrain()`` always
+            trains it (up to 64 distinct snapshots).
         graph_fn: ``graph_fn(config, state_dict) -> Data``; the fms methods need it or ``model_factory``.
         model_factory: ``model_factory(config) -> nn.Module``; gives
             ``graph_fn = parameter_graph(model_factory(config), state_dict)``.
@@ -202,6 +207,7 @@ class FMSOptimizer:
         model_factory: Callable[[dict[str, Any]], nn.Module] | None = None,
         starting_weights_fn: Callable[[dict[str, Any]], Weights] | None = None,
         gmn_training: str | GMNTraining | None = None,
+        gmn_trunk_fits: int | None = None,
     ) -> None:
         if not isinstance(space, SearchSpace):
             raise ConfigurationError(f"space={space!r}; expected a SearchSpace.")
@@ -222,6 +228,9 @@ class FMSOptimizer:
         self._rng = np.random.default_rng(self.seed)
         self.featurizer: WeightFeaturizer | SnapshotFeaturizer | None = None
         self.gmn_training = _resolve_gmn_training(self.method, gmn_training, encoder)
+        if gmn_trunk_fits is not None and (not isinstance(gmn_trunk_fits, int) or gmn_trunk_fits < 0):
+            raise ConfigurationError(f"gmn_trunk_fits={gmn_trunk_fits!r}; expected None or an integer >= 0.")
+        self.gmn_trunk_fits = gmn_trunk_fits
         if self.method.uses_weights:
             if graph_fn is None and model_factory is not None:
                 graph_fn = model_graph_fn(model_factory)
@@ -489,6 +498,9 @@ class FMSOptimizer:
         new_data = version != self._fitted_at or self.surrogate.model is None
         scratch = new_data and n_obs <= cfg.full_fit_until and not self._pretrained
         steps = 0 if not new_data else (cfg.initial_steps if scratch else cfg.refine_steps)
+        if isinstance(self.featurizer, SnapshotFeaturizer):  # which from-scratch fits train the GMN trunk
+            k = self.gmn_trunk_fits
+            self.featurizer.trunk_enabled = k is None or n_obs > cfg.full_fit_until - k
         self.surrogate.fit(
             rows, y, steps=steps, from_scratch=scratch, seed=self.seed * 100_003 + n_obs, weight_population=population
         )
@@ -603,6 +615,8 @@ class FMSOptimizer:
             self.featurizer.flush()
         rows, y = training_rows(self.layout, data, self.featurizer.cache if self.featurizer is not None else None)
         steps = self.surrogate_config.initial_steps if steps is None else steps
+        if isinstance(self.featurizer, SnapshotFeaturizer):
+            self.featurizer.trunk_enabled = True
         self.surrogate.fit(rows, y, steps=steps, from_scratch=True, seed=self.seed)
         self._pretrained = True
         self._fitted_at = -1  # force a (warm) refit on the study's own data

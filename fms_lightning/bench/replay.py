@@ -48,14 +48,16 @@ VARIANTS: dict[str, tuple[str, bool]] = {
     "fms-gmn-frozen": ("fms-gmn", True),
     "fms-gmn-readout": ("fms-gmn", True),
     "fms-gmn-full": ("fms-gmn", True),
+    "fms-gmn-full-last3": ("fms-gmn", True),
 }
 
-# variant name -> FMSOptimizer(gmn_training=...): the GMN-training ablation (issue 11). These run
-# only when named; "fms-gmn" uses RunSettings.gmn_training (None: the optimizer's default).
-GMN_TRAINING_VARIANTS: dict[str, str] = {
-    "fms-gmn-frozen": "frozen",
-    "fms-gmn-readout": "readout",
-    "fms-gmn-full": "full",
+# variant name -> FMSOptimizer(gmn_training=..., ...): the GMN-training ablation (issue 11). These
+# run only when named; "fms-gmn" uses RunSettings.gmn_training (None: the optimizer's default).
+GMN_TRAINING_VARIANTS: dict[str, dict[str, Any]] = {
+    "fms-gmn-frozen": {"gmn_training": "frozen"},
+    "fms-gmn-readout": {"gmn_training": "readout"},
+    "fms-gmn-full": {"gmn_training": "full", "gmn_trunk_fits": None},
+    "fms-gmn-full-last3": {"gmn_training": "full", "gmn_trunk_fits": 3},
 }
 
 
@@ -202,7 +204,7 @@ def run_replay(bench: Benchmark, variant: str, seed: int, settings: RunSettings 
             bench.space, max_epochs=bench.epochs, method=method, mode="max", seed=seed, learning_curve=curve,
             n_candidates=settings.n_candidates, initial_steps=settings.initial_steps,
             refine_steps=settings.refine_steps, graph_fn=bench.graph_fn, starting_weights_fn=bench.starting_weights,
-            gmn_training=GMN_TRAINING_VARIANTS.get(variant, settings.gmn_training if method == "fms-gmn" else None),
+            **GMN_TRAINING_VARIANTS.get(variant, {"gmn_training": settings.gmn_training if method == "fms-gmn" else None}),
         )
         if pretrain_from is not None:
             opt.pretrain(_pretrain_trials(pretrain_from, settings.pretrain_configs, seed, opt.method.uses_weights),

@@ -154,6 +154,7 @@ class SnapshotFeaturizer:
         self._pending: dict[int, tuple[dict[str, Any], dict[str, Tensor] | str]] = {}
         self._states: OrderedDict[str, dict[int, Tensor]] = OrderedDict()  # trunk tag -> slot -> node states
         self._frozen_tag = _module_hash(self.encoder)
+        self.trunk_enabled = True  # the optimizer's schedule: whether the next from-scratch fit may train the trunk
 
     # -- snapshots -----------------------------------------------------------------
     def add(self, config: Mapping[str, Any], weights: Mapping[str, Tensor] | str | Path) -> str:
@@ -239,7 +240,7 @@ class SnapshotFeaturizer:
 
     def trains_trunk(self, n_graphs: int) -> bool:
         """Whether a from-scratch fit over rows referencing ``n_graphs`` distinct snapshots trains the trunk."""
-        return self.mode is GMNTraining.FULL and n_graphs <= self.max_trunk_graphs
+        return self.mode is GMNTraining.FULL and self.trunk_enabled and n_graphs <= self.max_trunk_graphs
 
     # -- state -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
