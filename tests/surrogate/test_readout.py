@@ -262,3 +262,18 @@ def test_snapshots_observed_as_files_are_saved_by_path_and_rebuilt(tmp_path):
     c, _ = _opt("readout")
     with pytest.raises(IncompatibleWeightsError, match="changed since it was observed"):
         c.load_state_dict(state)
+
+
+@pytest.mark.parametrize(("trunk_fits", "expected"), [(None, [1, 2, 3, 4, 5]), (2, [4, 5]), (0, [])])
+def test_gmn_trunk_fits_picks_the_last_from_scratch_fits(trunk_fits, expected):
+    opt, p = _opt("full", gmn_trunk_fits=trunk_fits)
+    trained = []
+    for _ in range(8):
+        n_obs = opt.n_observations
+        _step(opt, p)
+        if opt.surrogate.model is not None and opt.surrogate.trunk_trained:
+            trained.append(n_obs)
+    assert trained == expected  # full_fit_until=5: fits after 1..5 observations are from scratch
+    if expected:  # the refine phase keeps the last trained trunk: no longer the initial one
+        trunk = opt.surrogate.readout.trunk
+        assert not all(torch.equal(a, b) for a, b in zip(trunk.parameters(), opt.featurizer.encoder.parameters()))
