@@ -30,6 +30,7 @@ from fms_lightning.space import SearchSpace
 from fms_lightning.study import TrialStatus  # one status vocabulary for the optimizer and the study
 from fms_lightning.surrogate.dataset import InputLayout, forecast_rows, make_row, training_rows
 from fms_lightning.surrogate.gp import Surrogate, SurrogateConfig
+from fms_lightning.surrogate.readout import GMNTraining, SnapshotFeaturizer
 from fms_lightning.surrogate.weights import GraphFn, WeightFeaturizer, model_graph_fn
 
 __all__ = ["Method", "TrialStatus", "Suggestion", "TrialInfo", "FMSOptimizer"]
@@ -94,6 +95,29 @@ class _Trial:
 _FLAT_OUT_DIM = 64
 
 
+DEFAULT_GMN_TRAINING = GMNTraining.READOUT
+
+
+def _resolve_gmn_training(method: Method, value: str | GMNTraining | None, encoder: nn.Module | None) -> GMNTraining:
+    """The GMN training mode: only ``"fms-gmn"`` trains its encoder; None picks the default."""
+    if value is None:
+        if method is not Method.FMS_GMN or (encoder is not None and not callable(getattr(encoder, "node_states", None))):
+            return GMNTraining.FROZEN
+        return DEFAULT_GMN_TRAINING
+    try:
+        mode = GMNTraining(value)
+    except ValueError as err:
+        raise ConfigurationError(
+            f"gmn_training={value!r} is unknown; expected one of {[m.value for m in GMNTraining]}."
+        ) from err
+    if mode is not GMNTraining.FROZEN and method is not Method.FMS_GMN:
+        raise ConfigurationError(
+            f"gmn_training={mode.value!r} with method={method.value!r}; only method='fms-gmn' trains its "
+            f"weight encoder. Pass gmn_training='frozen' or leave it unset."
+        )
+    return mode
+
+
 def _default_encoder(method: Method, seed: int) -> tuple[nn.Module | Callable[[Any], nn.Module], int | None]:
     """The paper's encoders, seeded without touching the global RNG: GMN (A.6) or FLAT."""
     from fms_lightning.weightspace import FlatEncoder, GMNEncoder
@@ -129,7 +153,22 @@ class FMSOptimizer:
         full_fit_until: See ``initial_steps``.
         max_train_rows: Cap on exact-GP rows (a seeded subset past it).
         encoder: Weight encoder for the fms methods (default: a seeded ``weightspace.GMNEncoder``
-            for ``"fms-gmn"``, ``FlatEncoder(out_dim=64)`` for ``"fms-flat"``); frozen during the study.
+            for ``"fms-gmn"``, ``FlatEncoder(out_dim=64)`` for ``"fms-flat"``). With
+            ``gmn_training="frozen"`` it stays at its initialisation; otherwise it is the initial
+            trunk of the trained GMN.
+        gmn_training: How much of the GMN is trained in the loop, jointly with ψ and the kernel
+            on eq. 3 (``"fms-gmn"`` only; see ``surrogate.readout``):
+            ``"frozen"`` (the random encoder's embedding; the ablation), ``"readout"`` (the
+            message-passing trunk frozen, its node states cached once per snapshot, a
+            permutation-invariant readout trained), or ``"full"`` (the trunk is trained too, in
+            the from-scratch fits; refits train the readout on the re-embedded snapshots).
+            Default: ``"readout"`` for ``"fms-gmn"`` (``"frozen"`` for an encoder without
+            ``node_states``), ``"frozen"`` for ``"fms-flat"``.
+        gmn_trunk_fits: With ``gmn_training="full"``: how many of the last from-scratch fits
+            train the trunk, counted in observations (the fits at ``full_fit_until -
+            gmn_trunk_fits + 1`` to ``full_fit_until`` observations; the last one's trunk is the
+            one the refine phase keeps); None: every from-scratch fit. ``pretrain()`` always
+            trains it (up to 64 distinct snapshots).
         graph_fn: ``graph_fn(config, state_dict) -> Data``; the fms methods need it or ``model_factory``.
         model_factory: ``model_factory(config) -> nn.Module``; gives
             ``graph_fn = parameter_graph(model_factory(config), state_dict)``.
@@ -174,6 +213,8 @@ class FMSOptimizer:
         model_factory: Callable[[dict[str, Any]], nn.Module] | None = None,
         starting_weights_fn: Callable[[dict[str, Any]], Weights] | None = None,
         acquisition: str | Acquisition = "auto",
+        gmn_training: str | GMNTraining | None = None,
+        gmn_trunk_fits: int | None = None,
     ) -> None:
         if not isinstance(space, SearchSpace):
             raise ConfigurationError(f"space={space!r}; expected a SearchSpace.")
@@ -201,7 +242,11 @@ class FMSOptimizer:
         self.space, self.max_epochs, self.mode, self.seed = space, max_epochs, mode, int(seed)
         self.n_candidates = n_candidates
         self._rng = np.random.default_rng(self.seed)
-        self.featurizer: WeightFeaturizer | None = None
+        self.featurizer: WeightFeaturizer | SnapshotFeaturizer | None = None
+        self.gmn_training = _resolve_gmn_training(self.method, gmn_training, encoder)
+        if gmn_trunk_fits is not None and (not isinstance(gmn_trunk_fits, int) or gmn_trunk_fits < 0):
+            raise ConfigurationError(f"gmn_trunk_fits={gmn_trunk_fits!r}; expected None or an integer >= 0.")
+        self.gmn_trunk_fits = gmn_trunk_fits
         if self.method.uses_weights:
             if graph_fn is None and model_factory is not None:
                 graph_fn = model_graph_fn(model_factory)
@@ -212,11 +257,14 @@ class FMSOptimizer:
                     f"or use method='dyhpo'."
                 )
             enc, out_dim = (encoder, None) if encoder is not None else _default_encoder(self.method, self.seed)
-            self.featurizer = WeightFeaturizer(enc, graph_fn, out_dim=out_dim)
+            if self.gmn_training is GMNTraining.FROZEN:
+                self.featurizer = WeightFeaturizer(enc, graph_fn, out_dim=out_dim)
+            else:
+                self.featurizer = SnapshotFeaturizer(enc, graph_fn, mode=self.gmn_training)  # type: ignore[arg-type]
         self._start_fn = starting_weights_fn
         self._start_keys: dict[str, str] = {}
         self.layout = InputLayout(
-            space.encoded_size, max_epochs, self.featurizer.out_dim if self.featurizer else 0
+            space.encoded_size, max_epochs, self.featurizer.out_dim if self.featurizer is not None else 0
         )
         self.surrogate_config = SurrogateConfig(
             kernel=kernel,
@@ -228,7 +276,8 @@ class FMSOptimizer:
             learning_curve=learning_curve and self.method is not Method.GP,
             use_extractor=self.method is not Method.GP,
         )
-        self.surrogate = Surrogate(self.layout, self.surrogate_config)
+        trainable = self.featurizer if isinstance(self.featurizer, SnapshotFeaturizer) else None
+        self.surrogate = Surrogate(self.layout, self.surrogate_config, weights=trainable)
         self.trials: dict[int, _Trial] = {}
         self._fitted_at = 0  # number of observations at the last fit
         self._pretrained = False
@@ -463,7 +512,7 @@ class FMSOptimizer:
         n_obs = self.n_observations
         version = n_obs + sum(t.failed_at is not None for t in self.trials.values())
         population = None
-        if self.featurizer is not None:  # standardise ξ(W) over every known snapshot and hub checkpoint
+        if isinstance(self.featurizer, WeightFeaturizer):  # standardise ξ(W) over every known snapshot and hub checkpoint
             self.featurizer.flush()
             population = torch.stack([self.featurizer.cache[k] for k in sorted(self.featurizer.cache)])
         rows, y = self._training_data()
@@ -471,6 +520,9 @@ class FMSOptimizer:
         new_data = version != self._fitted_at or self.surrogate.model is None
         scratch = new_data and n_obs <= cfg.full_fit_until and not self._pretrained
         steps = 0 if not new_data else (cfg.initial_steps if scratch else cfg.refine_steps)
+        if isinstance(self.featurizer, SnapshotFeaturizer):  # which from-scratch fits train the GMN trunk
+            k = self.gmn_trunk_fits
+            self.featurizer.trunk_enabled = k is None or n_obs > cfg.full_fit_until - k
         self.surrogate.fit(
             rows, y, steps=steps, from_scratch=scratch, seed=self.seed * 100_003 + n_obs, weight_population=population
         )
@@ -520,6 +572,7 @@ class FMSOptimizer:
         return {
             "version": 1,
             "method": self.method.value,
+            "gmn_training": self.gmn_training.value,
             "trials": {
                 tid: {"config": t.config, "curve": list(t.curve), "keys": list(t.keys),
                       "status": t.status.value, "target": t.target, "reason": t.reason,
@@ -545,6 +598,12 @@ class FMSOptimizer:
                 f"State was saved with method={state.get('method')!r}; this optimizer uses "
                 f"{self.method.value!r}. Construct the optimizer with the same method."
             )
+        saved = state.get("gmn_training", GMNTraining.FROZEN.value)
+        if self.featurizer is not None and saved != self.gmn_training.value:
+            raise ConfigurationError(
+                f"State was saved with gmn_training={saved!r}; this optimizer uses "
+                f"{self.gmn_training.value!r}. Construct the optimizer with gmn_training={saved!r}."
+            )
         self.trials = {
             int(tid): _Trial(dict(t["config"]), list(t["curve"]), list(t["keys"]), TrialStatus(t["status"]),
                              int(t["target"]), t.get("reason"), t.get("failed_at"))
@@ -555,9 +614,9 @@ class FMSOptimizer:
         self._fitted_at = int(state.get("fitted_at", 0))
         self._pretrained = bool(state.get("pretrained", False))
         self._start_keys = dict(state.get("start_keys", {}))
-        self.surrogate.load_state_dict(state.get("surrogate", {}))
-        if self.featurizer is not None and state.get("featurizer") is not None:
+        if self.featurizer is not None and state.get("featurizer") is not None:  # before ψ, which reads its bank
             self.featurizer.load_state_dict(state["featurizer"])
+        self.surrogate.load_state_dict(state.get("surrogate", {}))
 
     def pretrain(self, trials: Iterable[Mapping[str, Any]], *, steps: int | None = None) -> None:
         """Learn the surrogate from earlier studies (transfer, paper Fig. 3).
@@ -586,8 +645,10 @@ class FMSOptimizer:
             data.append((self.space.encode([t["config"]])[0], curve, keys))
         if self.featurizer is not None:
             self.featurizer.flush()
-        rows, y = training_rows(self.layout, data, self.featurizer.cache if self.featurizer else None)
+        rows, y = training_rows(self.layout, data, self.featurizer.cache if self.featurizer is not None else None)
         steps = self.surrogate_config.initial_steps if steps is None else steps
+        if isinstance(self.featurizer, SnapshotFeaturizer):
+            self.featurizer.trunk_enabled = True
         self.surrogate.fit(rows, y, steps=steps, from_scratch=True, seed=self.seed)
         self._pretrained = True
         self._fitted_at = -1  # force a (warm) refit on the study's own data
@@ -618,8 +679,11 @@ class FMSOptimizer:
                     "load_surrogate() cannot restore a FLAT encoder before it has seen a graph; pass "
                     "encoder=FlatEncoder(reference_graph, ...) to the optimizer."
                 )
-            self.featurizer.encoder.load_state_dict(state["encoder"])
-            self.featurizer.cache.clear()  # embeddings belong to the old encoder version
-            self._start_keys.clear()
+            if isinstance(self.featurizer, SnapshotFeaturizer):
+                self.featurizer.load_encoder(state["encoder"])  # node states belong to the old trunk
+            else:
+                self.featurizer.encoder.load_state_dict(state["encoder"])
+                self.featurizer.cache.clear()  # embeddings belong to the old encoder version
+                self._start_keys.clear()
         self.surrogate.load_state_dict(state["surrogate"])
         self._pretrained, self._fitted_at = True, -1

@@ -5,6 +5,7 @@ embedded default)::
 
     study_dir: runs/digits_hub          # the study folder (continued if it exists)
     method: fms-gmn                     # fms-gmn | fms-flat | dyhpo | gp | random
+    gmn_training: null                  # fms-gmn: frozen | readout | full (null: the default)
     seed: 0
     monitor: val_acc
     mode: max                           # min | max
@@ -44,6 +45,7 @@ class TuneRecipe:
 
     study_dir: str = "runs/study"
     method: str = "fms-gmn"
+    gmn_training: Any = None
     seed: int = 0
     monitor: str = "val_acc"
     mode: str = "max"
@@ -159,7 +161,7 @@ def tuner_from_recipe(cfg: DictConfig | dict[str, Any]) -> tuple[Any, dict[str, 
         method=plain["method"], study_dir=plain["study_dir"], seed=int(plain["seed"]),
         trainer_kwargs=plain["trainer"], optimizer_kwargs=plain["optimizer"], progress=bool(plain["progress"]),
         executor=plain["executor"], max_concurrent=int(plain["max_concurrent"]), storage=plain["storage"],
-        ray_address=plain["ray_address"],
+        ray_address=plain["ray_address"], gmn_training=plain["gmn_training"],
     )
     return tuner, plain
 

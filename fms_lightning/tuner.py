@@ -100,6 +100,9 @@ class FMSTuner:
         trainer_kwargs: Extra ``lightning.Trainer`` arguments (e.g. ``accelerator``).
         optimizer_kwargs: Extra :class:`~fms_lightning.optimizer.FMSOptimizer`
             arguments (``n_candidates``, ``learning_curve``, ...).
+        gmn_training: How much of the GMN ``"fms-gmn"`` trains in the loop: ``"frozen"``,
+            ``"readout"`` or ``"full"`` (see :class:`~fms_lightning.optimizer.FMSOptimizer`);
+            None keeps the optimizer's default.
         progress: Show a progress bar over the budget.
         max_consecutive_failures: Stop with an error after this many trials in a
             row fail.
@@ -153,6 +156,7 @@ class FMSTuner:
         ray_address: str | None = None,
         resources_per_trial: Mapping[str, Any] | None = None,
         max_lost_worker_retries: int = 3,
+        gmn_training: Literal["frozen", "readout", "full"] | None = None,
     ) -> None:
         from fms_lightning._ray import check_executor
 
@@ -204,6 +208,8 @@ class FMSTuner:
         self.study_dir = Path(study_dir)
         self.seed = int(seed)
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
+        if gmn_training is not None:
+            self.optimizer_kwargs["gmn_training"] = gmn_training
         self.progress = progress
         self.max_consecutive_failures = int(max_consecutive_failures)
         self.executor = executor

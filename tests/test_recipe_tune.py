@@ -88,3 +88,14 @@ def test_recipe_executor_keys_reach_the_tuner(tmp_path) -> None:
         tuner_from_recipe(recipe(max_concurrent=3))
     with pytest.raises(ConfigurationError, match="executor must be one of"):
         tuner_from_recipe(recipe(executor="spark"))
+
+
+@pytest.mark.parametrize("mode", ["frozen", "full"])
+def test_recipe_gmn_training_reaches_the_optimizer(tmp_path, mode) -> None:
+    from fms_lightning.recipe_tune import tuner_from_recipe
+
+    tuner, plain = tuner_from_recipe({"hub": None, "method": "fms-gmn", "gmn_training": mode,
+                                      "search_space": {"lr": {"type": "log_uniform", "low": 1e-3, "high": 0.1}},
+                                      "study_dir": str(tmp_path / "s")})
+    assert plain["gmn_training"] == mode
+    assert tuner._new_optimizer().gmn_training.value == mode

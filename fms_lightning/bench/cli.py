@@ -42,7 +42,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from fms_lightning.bench.peers import PEERS, is_peer, peer_variants, require_optuna
-    from fms_lightning.bench.replay import VARIANTS, RunSettings, run_grid
+    from fms_lightning.bench.replay import GMN_TRAINING_VARIANTS, VARIANTS, RunSettings, run_grid
     from fms_lightning.bench.spec import bench_spec
     from fms_lightning.bench.table import Benchmark
     from fms_lightning.errors import UnknownPresetError
@@ -58,12 +58,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         require_optuna()  # fail before any run, naming the extra
     settings = RunSettings(budget=args.budget, tau_budgets=tuple(b for b in (50, 100) if b <= args.budget) or
                            (args.budget,), n_candidates=args.candidates, initial_steps=args.initial_steps,
-                           refine_steps=args.refine_steps, pretrain_steps=args.pretrain_steps, threads=args.threads)
+                           refine_steps=args.refine_steps, pretrain_steps=args.pretrain_steps, threads=args.threads,
+                           gmn_training=args.gmn_training)
     seeds = range(args.seed_start, args.seed_start + args.seeds)
     for hub in args.hub:
         for task in args.task:
             bench = Benchmark(Path(args.cache) / bench_spec(hub, task, args.size).name)
-            variants = list(VARIANTS) if everything else [v for v in named if v in VARIANTS]
+            # 'all': every method at its defaults; the GMN-training ablations are named explicitly
+            variants = ([v for v in VARIANTS if v not in GMN_TRAINING_VARIANTS] if everything
+                        else [v for v in named if v in VARIANTS])
             if everything or "peers" in args.methods:  # the start-up count of the TPE peers depends on E
                 variants += peer_variants(args.budget, bench.epochs)
             variants += [v for v in named if v not in VARIANTS and v not in variants]
@@ -123,6 +126,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     run.add_argument("--refine-steps", type=int, default=50)
     run.add_argument("--pretrain-steps", type=int, default=500, help="Adam steps of the transfer pretraining")
     run.add_argument("--transfer", action="store_true", help="also run fms-gmn pretrained on the other task")
+    run.add_argument("--gmn-training", choices=["frozen", "readout", "full"], default=None,
+                     help="GMN training of the fms-gmn variant (default: the optimizer's); the ablation "
+                          "variants fms-gmn-frozen/-readout/-full run only when named")
     run.add_argument("--out", default="bench-results/runs")
     run.set_defaults(func=_cmd_run)
 

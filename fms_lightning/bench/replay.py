@@ -5,7 +5,8 @@ Each suggestion is answered with the cached metric (and, for the fms methods, th
 snapshot) of the epochs it asks for, so the run costs only surrogate time. Recorded:
 
 - the regret after every epoch of budget (:func:`~fms_lightning.bench.metrics.regret_curve`);
-- the wall time spent inside ``suggest()`` (surrogate fitting and acquisition): the overhead,
+- the wall time spent inside ``suggest()`` (surrogate fitting and acquisition): the overhead (and the process CPU time spent there,
+  which other processes sharing the cores disturb far less),
   in total and cumulated at each epoch of budget (``overhead_at_epoch``);
 - the cached training seconds of the epochs trained, cumulated at each epoch of budget
   (``train_seconds_at_epoch``, see :func:`epoch_costs`), so that the simulated wall time of a run
@@ -39,8 +40,8 @@ from fms_lightning.errors import ConfigurationError
 from fms_lightning.optimizer import FMSOptimizer, Method
 from fms_lightning.study import atomic_write
 
-__all__ = ["RunSettings", "RunResult", "VARIANTS", "VARIANT_OPTIONS", "epoch_costs", "run_replay", "run_grid",
-           "variant_name"]
+__all__ = ["RunSettings", "RunResult", "VARIANTS", "VARIANT_OPTIONS", "GMN_TRAINING_VARIANTS", "epoch_costs", "run_replay",
+           "run_grid", "variant_name"]
 
 # variant name -> (method, learning_curve)
 VARIANTS: dict[str, tuple[str, bool]] = {
@@ -52,6 +53,19 @@ VARIANTS: dict[str, tuple[str, bool]] = {
     "fms-flat-nocurve": ("fms-flat", False),
     "fms-gmn": ("fms-gmn", True),
     "fms-gmn-nocurve": ("fms-gmn", False),
+    "fms-gmn-frozen": ("fms-gmn", True),
+    "fms-gmn-readout": ("fms-gmn", True),
+    "fms-gmn-full": ("fms-gmn", True),
+    "fms-gmn-full-last3": ("fms-gmn", True),
+}
+
+# variant name -> FMSOptimizer(gmn_training=..., ...): the GMN-training ablation (issue 11). These
+# run only when named; "fms-gmn" uses RunSettings.gmn_training (None: the optimizer's default).
+GMN_TRAINING_VARIANTS: dict[str, dict[str, Any]] = {
+    "fms-gmn-frozen": {"gmn_training": "frozen"},
+    "fms-gmn-readout": {"gmn_training": "readout"},
+    "fms-gmn-full": {"gmn_training": "full", "gmn_trunk_fits": None},
+    "fms-gmn-full-last3": {"gmn_training": "full", "gmn_trunk_fits": 3},
 }
 
 
@@ -81,6 +95,8 @@ class RunSettings:
         pretrain_configs: Configs of the other task used to pretrain the surrogate (transfer runs).
         pretrain_steps: Adam steps of that pretraining.
         threads: ``torch.set_num_threads`` during the run.
+        gmn_training: ``FMSOptimizer(gmn_training=...)`` of the ``fms-gmn`` variants that do not
+            name one (None: the optimizer's default).
 
     Raises:
         ConfigurationError: If a value is out of range.
@@ -94,6 +110,7 @@ class RunSettings:
     pretrain_configs: int = 32
     pretrain_steps: int = 500
     threads: int = 1
+    gmn_training: str | None = None
 
     def __post_init__(self) -> None:
         if self.budget < 1 or any(not 1 <= b <= self.budget for b in self.tau_budgets):
@@ -114,6 +131,7 @@ class RunResult:
         regret: Regret after each epoch of budget `(budget,)`.
         tau: ``{budget: τ}`` (empty for the Optuna peers, which have no surrogate to rank with).
         overhead_seconds: Wall time inside ``suggest()`` (for a peer: inside Optuna).
+        overhead_cpu_seconds: Process CPU time inside ``suggest()`` (robust to contended cores).
         total_seconds: Wall time of the run (including τ evaluation and loading snapshots).
         n_trials: Configs started.
         best_config: Config of the incumbent.
@@ -133,6 +151,7 @@ class RunResult:
     regret: tuple[float, ...]
     tau: dict[int, float] = field(default_factory=dict)
     overhead_seconds: float = 0.0
+    overhead_cpu_seconds: float = 0.0
     total_seconds: float = 0.0
     n_trials: int = 0
     best_config: dict[str, Any] = field(default_factory=dict)
@@ -253,6 +272,7 @@ def run_replay(bench: Benchmark, variant: str, seed: int, settings: RunSettings 
             bench.space, max_epochs=bench.epochs, method=method, mode="max", seed=seed, learning_curve=curve,
             n_candidates=settings.n_candidates, initial_steps=settings.initial_steps,
             refine_steps=settings.refine_steps, graph_fn=bench.graph_fn, starting_weights_fn=bench.starting_weights,
+            **GMN_TRAINING_VARIANTS.get(variant, {"gmn_training": settings.gmn_training if method == "fms-gmn" else None}),
             **VARIANT_OPTIONS.get(variant, {}),
         )
         if pretrain_from is not None:
@@ -263,13 +283,14 @@ def run_replay(bench: Benchmark, variant: str, seed: int, settings: RunSettings 
         final_seen: dict[int, float] = {}
         overhead_at: list[float] = []
         train_at: list[float] = []
-        overhead, trained, suggestion = 0.0, 0.0, None
+        overhead, overhead_cpu, trained, suggestion = 0.0, 0.0, 0.0, None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # surrogate fallbacks are counted as they are
             while len(values) < settings.budget:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 suggestion = opt.suggest()
                 overhead += time.perf_counter() - t0
+                overhead_cpu += time.process_time() - c0
                 k = bench.index(suggestion.config)
                 done = opt.trial(suggestion.trial_id).epochs
                 for epoch in range(done + 1, suggestion.epoch + 1):
@@ -293,7 +314,7 @@ def run_replay(bench: Benchmark, variant: str, seed: int, settings: RunSettings 
     return RunResult(
         benchmark=bench.name, variant=name, seed=seed,
         regret=tuple(float(r) for r in regret_curve(values, bench.best_possible)), tau=tau,
-        overhead_seconds=round(overhead, 4), total_seconds=round(time.perf_counter() - start, 3),
+        overhead_seconds=round(overhead, 4), overhead_cpu_seconds=round(overhead_cpu, 4), total_seconds=round(time.perf_counter() - start, 3),
         n_trials=len(opt.trial_ids), best_config=dict(best[1]) if best else {},
         epochs_per_trial=tuple(opt.trial(t).epochs for t in opt.trial_ids),
         overhead_at_epoch=tuple(round(s, 5) for s in overhead_at),
@@ -321,6 +342,7 @@ def run_grid(bench: Benchmark, variants: Sequence[str], seeds: Sequence[int], ou
                 if log is not None:
                     taus = " ".join(f"tau@{b}={t:+.3f}" for b, t in sorted(result.tau.items()))
                     print(f"[{bench.name}] {tag:<22} seed {seed}: regret {result.regret[-1]:.4f} {taus} "
-                          f"overhead {result.overhead_seconds:.1f}s", file=log, flush=True)
+                          f"overhead {result.overhead_seconds:.1f}s (cpu {result.overhead_cpu_seconds:.1f}s)", file=log,
+                          flush=True)
             paths.append(path)
     return paths

@@ -9,8 +9,9 @@ Architecture (paper A.6, inherited from DyHPO):
     - curve and mask as 2 channels -> Conv1d(4, k=3) -> LeakyReLU -> Conv1d(8, k=3)
       -> LeakyReLU -> max over time (8 features); dropped when ``learning_curve=False``
       or when ``max_epochs == 1``,
-    - weight features (already embedded by the GMN/FLAT encoder) -> Linear(hidden)
-      -> LeakyReLU, concatenated,
+    - weight features -> Linear(hidden) -> LeakyReLU, concatenated; the features are either
+      the frozen embedding ξ in the rows (already embedded by the GMN/FLAT encoder), or, with
+      a ``weight_module`` (``readout.GraphReadout``), ξ learned from the slot the rows carry,
     - concatenation -> Linear(out_features).
 """
 
@@ -35,6 +36,8 @@ class FeatureExtractor(nn.Module):
         channels: Channels of the two curve conv layers.
         weight_hidden: Width of the projection applied to weight features.
         out_features: Number of features handed to the GP kernel.
+        weight_module: Maps the rows' weight columns `(n, n_weight)` to `(n, weight_module.out_dim)`
+            before the projection (a trainable readout of the GMN); None reads the columns as ξ.
 
     Raises:
         ConfigurationError: If a width is not positive.
@@ -49,6 +52,7 @@ class FeatureExtractor(nn.Module):
         channels: tuple[int, int] = (4, 8),
         weight_hidden: int = 16,
         out_features: int = 10,
+        weight_module: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if min(*hidden, *channels, weight_hidden, out_features) < 1:
@@ -72,10 +76,19 @@ class FeatureExtractor(nn.Module):
                 act,
             )
             width += channels[1]
+        self._has_weight_module = weight_module is not None and layout.n_weight > 0
         if layout.n_weight:
-            self.weight_net = nn.Sequential(nn.Linear(layout.n_weight, weight_hidden), act)
+            if weight_module is None:
+                self.weight_net = nn.Sequential(nn.Linear(layout.n_weight, weight_hidden), act)
+            else:
+                self.weight_net = nn.Sequential(weight_module, nn.Linear(weight_module.out_dim, weight_hidden), act)
             width += weight_hidden
         self.head = nn.Linear(width, out_features)
+
+    @property
+    def weight_module(self) -> nn.Module | None:
+        """The trainable weight module given to the constructor, or None."""
+        return self.weight_net[0] if self._has_weight_module else None
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         """Map rows `(n, layout.width)` to features `(n, out_features)`."""

@@ -8,7 +8,9 @@ Glossary:
     y           labels, standardised to zero mean / unit variance before fitting; the curve
                 columns Y_{i,j-1} are standardised with the same statistics.
     ξ(W)        weight-feature columns, standardised per column with training-row statistics
-                (encoder outputs have arbitrary scale).
+                (encoder outputs have arbitrary scale); or, with a trainable GMN
+                (``readout.SnapshotFeaturizer``), a snapshot slot that ψ's ``GraphReadout`` maps
+                to ξ, trained jointly with ψ and the kernel on eq. 3.
 
 Numerical trouble: a failed Cholesky (or a non-finite loss) is retried with more
 jitter, then from freshly initialised parameters; if all attempts fail,
@@ -28,6 +30,7 @@ from torch import nn
 from fms_lightning.errors import ConfigurationError, SurrogateError
 from fms_lightning.surrogate.dataset import InputLayout
 from fms_lightning.surrogate.features import FeatureExtractor
+from fms_lightning.surrogate.readout import GraphReadout, SnapshotFeaturizer
 
 __all__ = ["Kernel", "SurrogateConfig", "DeepKernelGP", "Surrogate"]
 
@@ -142,11 +145,17 @@ class Surrogate:
     Args:
         layout: Input layout.
         config: Surrogate settings.
+        weights: The bank of a trainable GMN (rows carry snapshot slots); None when the rows
+            carry frozen embeddings or no weights.
     """
 
-    def __init__(self, layout: InputLayout, config: SurrogateConfig | None = None) -> None:
+    def __init__(
+        self, layout: InputLayout, config: SurrogateConfig | None = None, *, weights: SnapshotFeaturizer | None = None
+    ) -> None:
         self.layout = layout
         self.config = config or SurrogateConfig()
+        self.weights = weights
+        self.trunk_trained = False  # whether the last fit trained the GMN trunk
         self.model: DeepKernelGP | None = None
         self._y_mean = 0.0
         self._y_std = 1.0
@@ -167,11 +176,18 @@ class Surrogate:
             extractor = None
             n_dims = len(self._columns())
             if cfg.use_extractor:
-                extractor = FeatureExtractor(self.layout, learning_curve=cfg.learning_curve)
+                module = self.weights.make_module() if self.weights is not None and self.layout.n_weight else None
+                extractor = FeatureExtractor(self.layout, learning_curve=cfg.learning_curve, weight_module=module)
                 n_dims = extractor.out_features
             lik = gpytorch.likelihoods.GaussianLikelihood()
             model = DeepKernelGP(x, y, lik, extractor, cfg.kernel, n_dims)
         return model.double()
+
+    @property
+    def readout(self) -> GraphReadout | None:
+        """ψ's trainable weight module, if any."""
+        ext = None if self.model is None else self.model.extractor
+        return None if ext is None else ext.weight_module  # type: ignore[return-value]
 
     def _prep(self, rows: torch.Tensor) -> torch.Tensor:
         rows = rows.to(torch.float64).clone()
@@ -218,22 +234,33 @@ class Surrogate:
         y = targets.to(torch.float64)
         self._y_mean = float(y.mean())
         self._y_std = float(y.std()) if y.numel() > 1 and float(y.std()) > 1e-12 else 1.0
-        if self.layout.n_weight:
+        if self.layout.n_weight and self.weights is None:
             self._w_mean, self._w_std = weight_scaler(
                 rows[:, self.layout.weight_slice] if weight_population is None else weight_population
             )
         x = self._prep(rows)
         yn = (y - self._y_mean) / self._y_std
         self._train = (x, yn)
-        state = None if (from_scratch or self.model is None) else self.model.state_dict()
+        scratch = from_scratch or self.model is None
+        state = None if scratch else self.model.state_dict()
+        train_trunk = False
+        if self.weights is not None and self.layout.n_weight and scratch and steps > 0:
+            n_graphs = int(torch.unique(rows[:, self.layout.weight_slice]).numel())
+            train_trunk = self.weights.trains_trunk(n_graphs)
         for attempt, jitter in enumerate(_JITTERS):
             if state is None or attempt == len(_JITTERS) - 1:
                 self.model = self._build(x, yn, seed + attempt)
             else:
                 self.model.load_state_dict(state)
                 self.model.set_train_data(x, yn, strict=False)
+            readout = self.readout
             try:
+                if readout is not None:
+                    readout.prepare(train_trunk=train_trunk)
                 self._optimise(x, yn, steps, jitter)
+                if readout is not None:  # later forwards read node states of the (trained) trunk
+                    readout.prepare(train_trunk=False)
+                self.trunk_trained = train_trunk
                 return attempt + 1
             except _Retry as err:
                 log.debug("surrogate fit attempt %d failed: %s", attempt + 1, err)
@@ -292,6 +319,8 @@ class Surrogate:
         model.eval()
         x_tr, y_tr = self._train
         cand = self._prep(rows)
+        if self.readout is not None:
+            self.readout.prepare(train_trunk=False)
         for jitter in _JITTERS:
             try:
                 with _settings(jitter):
@@ -326,6 +355,8 @@ class Surrogate:
         dummy_x = torch.zeros(2, self.layout.width, dtype=torch.float64)
         self.model = self._build(self._prep(dummy_x), torch.zeros(2, dtype=torch.float64), 0)
         self.model.load_state_dict(params)
+        if self.readout is not None:
+            self.readout.prepare(train_trunk=False)
 
 
 class _settings:

@@ -37,6 +37,8 @@ class Csr:
     deg: Tensor
     to_other: Tensor | None = None
     _expanded: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
+    _patterns: dict[tuple[int, torch.dtype], Tensor] = field(default_factory=dict, repr=False)
+    _transposed: dict[int, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict, repr=False)
 
     def expanded(self, channels: int) -> tuple[Tensor, Tensor]:
         """int32 row pointers and columns of the ``channels``-interleaved matrix (cached)."""
@@ -44,6 +46,38 @@ class Csr:
             col = (self.col.unsqueeze(1) * channels + torch.arange(channels)).reshape(-1)
             self._expanded[channels] = ((self.crow * channels).to(torch.int32), col.to(torch.int32))
         return self._expanded[channels]
+
+    def pattern(self, channels: int, dtype: torch.dtype) -> Tensor:
+        """The ``channels``-interleaved edge pattern as an all-ones CSR matrix (cached)."""
+        if (channels, dtype) not in self._patterns:
+            n = self.crow.numel() - 1
+            crow, col = self.expanded(channels)
+            ones = torch.ones(col.numel(), dtype=dtype)
+            self._patterns[(channels, dtype)] = _csr(crow, col, ones, (n, n * channels))
+        return self._patterns[(channels, dtype)]
+
+    def transposed(self, channels: int, other: Csr) -> tuple[Tensor, Tensor, Tensor]:
+        """Row pointers, columns and value gather of the transpose of the ``channels``-interleaved
+        matrix (rows ``u * C + c``), laid out by ``other`` (the reverse structure); cached.
+
+        The gather indexes ``gates.reshape(-1)`` (gates in this structure's order).
+        """
+        if channels not in self._transposed:
+            c = channels
+            n = other.crow.numel() - 1
+            deg = other.crow[1:] - other.crow[:-1]  # out-degree of each source u (unclamped)
+            crow_t = torch.empty(n * c + 1, dtype=torch.long)
+            crow_t[:-1] = ((other.crow[:-1] * c).unsqueeze(1) + torch.arange(c) * deg.unsqueeze(1)).reshape(-1)
+            crow_t[-1] = other.col.numel() * c
+            e = torch.arange(other.col.numel())
+            u = other.row
+            local = e - other.crow[u]
+            pos = ((other.crow[u] * c + local).unsqueeze(1) + torch.arange(c) * deg[u].unsqueeze(1)).reshape(-1)
+            src = ((self.to_other * c).unsqueeze(1) + torch.arange(c)).reshape(-1)  # type: ignore[operator]
+            gather = torch.empty_like(pos).scatter_(0, pos, src)
+            col_t = torch.empty_like(pos).scatter_(0, pos, other.col.repeat_interleave(c))
+            self._transposed[c] = (crow_t.to(torch.int32), col_t.to(torch.int32), gather)
+        return self._transposed[channels]
 
 
 def build_csr(target: Tensor, source: Tensor, num_nodes: int) -> Csr:
@@ -127,21 +161,13 @@ class GatedSpMM(torch.autograd.Function):
         gates, dense = ctx.saved_tensors
         csr, other = ctx.csr, ctx.other
         n, c, d = csr.crow.numel() - 1, gates.shape[1], dense.shape[1]
-        per_channel = dense.view(n, c, d)
         grad_out = grad_out.contiguous()
         grad_gates = grad_dense = None
-        if ctx.needs_input_grad[0]:
-            pattern = _csr(csr.crow, csr.col, torch.ones(csr.col.numel(), dtype=dense.dtype), (n, n))
-            grad_gates = torch.stack(
-                [
-                    torch.sparse.sampled_addmm(pattern, grad_out, per_channel[:, k].t().contiguous(), beta=0.0).values()
-                    for k in range(c)
-                ],
-                dim=1,
-            )
-        if ctx.needs_input_grad[1]:
-            gates_t = gates.index_select(0, csr.to_other)  # reverse-structure order
-            grad_dense = torch.stack(
-                [_csr(other.crow, other.col, gates_t[:, k].contiguous(), (n, n)) @ grad_out for k in range(c)], dim=1
-            ).reshape(n * c, d)
+        if ctx.needs_input_grad[0]:  # one SDDMM over all channels: values come out in gates' (E, C) layout
+            pattern = csr.pattern(c, dense.dtype)
+            grad_gates = torch.sparse.sampled_addmm(pattern, grad_out, dense.t(), beta=0.0).values().view(-1, c)
+        if ctx.needs_input_grad[1]:  # one SpMM with the transposed interleaved matrix, `(N * C, d)`
+            crow_t, col_t, gather = csr.transposed(c, other)
+            mat_t = _csr(crow_t, col_t, gates.reshape(-1).index_select(0, gather), (n * c, n))
+            grad_dense = mat_t @ grad_out
         return grad_gates, grad_dense, None, None

@@ -9,6 +9,7 @@ Glossary (FMS paper §3.1, eq. 6):
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -135,6 +136,8 @@ class GMNEncoder(nn.Module):
         self.head = nn.Linear(hidden[-1], out_dim) if out_dim is not None else None
         self.out_dim = int(out_dim) if out_dim is not None else hidden[-1]
         self._structures = StructureCache(structure_cache_size)
+        # batches of wirings (keyed by their signatures in order) -> block-diagonal structure
+        self._batch_structures: OrderedDict[tuple[str, ...], tuple[Csr, Csr]] = OrderedDict()
 
     def forward(self, data: Data | Batch) -> Tensor:
         """Embed one graph or a batch of graphs.
@@ -148,6 +151,34 @@ class GMNEncoder(nn.Module):
         Raises:
             IncompatibleWeightsError: if the feature widths differ from the encoder's.
         """
+        h = self._message_passing(data)
+        num_graphs = int(getattr(data, "num_graphs", 1) or 1)
+        batch = getattr(data, "batch", None)
+        if batch is None:
+            batch = torch.zeros(h.shape[0], dtype=torch.long, device=h.device)
+        xi = global_mean_pool(h, batch, size=num_graphs)
+        return self.head(xi) if self.head is not None else xi
+
+    def node_states(self, data: Data | Batch) -> Tensor:
+        """The final node states before pooling (the head, if any, applied per node).
+
+        ``forward(data)`` is the per-graph mean of these rows (the head is affine, so it
+        commutes with the mean); a trainable readout can pool them differently.
+
+        Args:
+            data: a graph from :func:`parameter_graph`, or a ``Batch`` of them.
+
+        Returns:
+            `(num_nodes, out_dim)`, rows in the order of ``data.x``.
+
+        Raises:
+            IncompatibleWeightsError: if the feature widths differ from the encoder's.
+        """
+        h = self._message_passing(data)
+        return self.head(h) if self.head is not None else h
+
+    def _message_passing(self, data: Data | Batch) -> Tensor:
+        """``h^L``: node states after the last layer, `(num_nodes, hidden[-1])`."""
         dtype = self.gate_lin.weight.dtype
         x, edge_attr = data.x.to(dtype), data.edge_attr.to(dtype)
         if x.shape[1] != self.node_in_dim or edge_attr.shape[1] != self.edge_in_dim:
@@ -156,9 +187,6 @@ class GMNEncoder(nn.Module):
                 f"({x.shape[1]}, {edge_attr.shape[1]}). Build graphs with the same max_kernel_size as the encoder."
             )
         num_graphs = int(getattr(data, "num_graphs", 1) or 1)
-        batch = getattr(data, "batch", None)
-        if batch is None:
-            batch = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         gates = F.leaky_relu_(self.gate_lin(edge_attr), self.negative_slope)  # (E, 2 L C)
         half = len(self.layers) * self.rank
         structure = self._structure(data, num_graphs) if self.sparse else None
@@ -172,14 +200,19 @@ class GMNEncoder(nn.Module):
         g_bwd = g_bwd.reshape(-1, len(self.layers), self.rank).transpose(0, 1).contiguous()
         for i, layer in enumerate(self.layers):
             x = layer(x, data.edge_index, (g_fwd[i], g_bwd[i]), structure)
-        xi = global_mean_pool(x, batch, size=num_graphs)
-        return self.head(xi) if self.head is not None else xi
+        return x
 
     def _structure(self, data: Data | Batch, num_graphs: int) -> tuple[Csr, Csr]:
         sig = getattr(data, "signature", None)
         if num_graphs == 1 or isinstance(sig, str):
             key = sig if isinstance(sig, str) else (sig[0] if sig else None)
             return self._structures.get(key, data.edge_index, int(data.num_nodes))
+        batch_key = tuple(sig) if sig and all(isinstance(s, str) for s in sig) else None
+        if batch_key is not None:  # the same wirings in the same order: reuse the block-diagonal structure
+            hit = self._batch_structures.get(batch_key)
+            if hit is not None:
+                self._batch_structures.move_to_end(batch_key)
+                return hit
         ptr = data.ptr.tolist()
         edge_counts = torch.bincount(data.batch[data.edge_index[0]], minlength=num_graphs).tolist()
         eo = [0]
@@ -191,7 +224,12 @@ class GMNEncoder(nn.Module):
             f, b = self._structures.get(sig[i] if sig else None, local, ptr[i + 1] - ptr[i])
             parts_f.append(f)
             parts_b.append(b)
-        return concat_csr(parts_f, ptr[:-1], eo), concat_csr(parts_b, ptr[:-1], eo)
+        pair = concat_csr(parts_f, ptr[:-1], eo), concat_csr(parts_b, ptr[:-1], eo)
+        if batch_key is not None:
+            self._batch_structures[batch_key] = pair
+            if len(self._batch_structures) > self._structures.max_entries:
+                self._batch_structures.popitem(last=False)
+        return pair
 
 
 class FlatEncoder(nn.Module):
