@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,77 @@ def test_pace_waits_only_for_segments_due_before_a_refit(monkeypatch) -> None:
         pace.finished(b, 60.0)
     pace.submitted(b)
     assert pace.wait_seconds([3.0]) == 0.0
+
+
+def test_a_datamodule_class_is_instantiated_per_trial_with_config_values(tmp_path) -> None:
+    """FMSTuner(build, MyDataModule, ...) works as in a recipe (it used to fail every trial)."""
+    seen = []
+
+    class Data(tiny_task.TinyData):
+        def __init__(self, batch_size: int = 16, shuffle_seed: int = 0) -> None:
+            super().__init__(batch_size)
+            seen.append(batch_size)
+
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    result = FMSTuner(tiny_task.build, Data, tiny_task.space(hub), hub, monitor="val_acc", mode="max",
+                      budget_epochs=3, max_epochs_per_trial=2, method="dyhpo", study_dir=tmp_path / "study",
+                      optimizer_kwargs=tiny_task.FAST_OPT, progress=False).fit()
+    assert result.budget_used == 3 and seen
+    with Study(tmp_path / "study", readonly=True) as study:
+        assert {t.config["batch_size"] for t in study.trials()} >= set(seen[:1])
+        assert not study.trials(TrialStatus.FAILED)
+
+
+def test_a_datamodule_class_needing_what_the_space_lacks_is_refused_at_construction(tmp_path) -> None:
+    class Data(tiny_task.TinyData):
+        def __init__(self, root: str, batch_size: int = 16) -> None:
+            super().__init__(batch_size)
+
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    with pytest.raises(ConfigurationError, match=r"requires \['root'\].*lambda config"):
+        FMSTuner(tiny_task.build, Data, tiny_task.space(hub), hub, monitor="val_acc", mode="max", budget_epochs=3,
+                 max_epochs_per_trial=2, study_dir=tmp_path / "study")
+    with pytest.raises(ConfigurationError, match="LightningDataModule class"):
+        FMSTuner(tiny_task.build, 42, tiny_task.space(hub), hub, monitor="val_acc", mode="max", budget_epochs=3,
+                 max_epochs_per_trial=2, study_dir=tmp_path / "study")
+
+
+def test_consecutive_failures_show_the_first_failing_trials_traceback(tmp_path) -> None:
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    space = tiny_task.space(hub, fail=Choice(values=("raise",)))
+    with pytest.raises(TrialFailedError) as info:
+        _tuner(tmp_path, space=space, max_consecutive_failures=2).fit()
+    message = str(info.value)
+    assert "2 trials in a row failed" in message
+    assert "Traceback of trial 1" in message and "in training_step" in message and "planned failure" in message
+    saved = tmp_path / "study" / "failures" / "trial_00001.txt"
+    assert str(saved) in message and "in training_step" in saved.read_text()
+
+
+def test_resuming_with_other_settings_names_the_setting_that_differs(tmp_path) -> None:
+    _tuner(tmp_path, budget=1).fit()
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    other = FMSTuner(tiny_task.build, tiny_task.datamodule, tiny_task.space(hub), hub, monitor="val_acc", mode="max",
+                     budget_epochs=2, max_epochs_per_trial=2, method="dyhpo", study_dir=tmp_path / "study",
+                     optimizer_kwargs=tiny_task.FAST_OPT, progress=False)
+    with pytest.raises(ConfigurationError, match=r"max_epochs_per_trial is 3 in the study, 2 here\. Use a new") as info:
+        other.fit()
+    assert "'space'" not in str(info.value) and "seed" not in str(info.value)
+
+
+def test_build_is_called_once_per_hub_entry_by_the_tuner_and_once_per_segment(tmp_path) -> None:
+    calls: Counter[str] = Counter()
+
+    def build(config, entry):
+        calls[entry.name] += 1
+        return tiny_task.build(config, entry)
+
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    tuner = FMSTuner(build, tiny_task.datamodule, tiny_task.space(hub), hub, monitor="val_acc", mode="max",
+                     budget_epochs=3, max_epochs_per_trial=2, method="fms-gmn", study_dir=tmp_path / "study",
+                     optimizer_kwargs=tiny_task.FAST_OPT, progress=False)
+    tuner.fit()
+    segments = Counter(s.spec.config["model"] for s in tuner.segments)
+    assert sum(segments.values()) >= 2
+    for name in hub.names:
+        assert calls[name] == (1 if name in tuner._start_cache else 0) + segments[name], (name, calls, segments)
