@@ -339,44 +339,81 @@ class FMSTuner:
     def _pretrain_from_recorded_runs(self, opt: FMSOptimizer, study: Study) -> int:
         """Pretrain the surrogate on runs that ``WeightSnapshot`` recorded outside the tuner.
 
-        A run is used when its config fits the search space and its epochs are
-        contiguous from 1 (and, for the fms methods, its starting weights were
-        recorded). Returns the number of runs used.
+        A run is used when its config (with its hub entry as the hub dimension) fits
+        the search space, it logged the tuner's ``monitor`` at every epoch, its epochs
+        are contiguous from 1 and, for the fms methods, its weights were recorded.
+        The values learned are the tuner's ``monitor``, whatever the run monitored.
+        A run that is skipped, or that monitored another metric or mode, is named
+        in a warning. Returns the number of runs used.
         """
         from fms_lightning.errors import SearchSpaceError
 
-        runs = []
+        runs, other = [], []
         for t in study.trials():
             if t.opt_trial_id is not None:
                 continue
             obs = study.observations(t.trial_id)
             config = {k: t.config[k] for k in self.space.names if k in t.config}
+            hub_name = self.space.hub_name
+            if hub_name is not None and hub_name not in config and t.hub_entry is not None:
+                config[hub_name] = t.hub_entry  # WeightSnapshot(hub_entry=...)
             try:
                 self.space.validate(config)
             except SearchSpaceError as err:
-                log.info("Not learning from recorded trial %s: %s", t.trial_id, err)
+                hint = (f" Pass WeightSnapshot(..., hub_entry=<the hub model's name>)."
+                        if hub_name is not None and hub_name not in config else "")
+                log.warning("Not learning from recorded trial %s: %s%s", t.trial_id, err, hint)
                 continue
             if not obs or [o.epoch for o in obs] != list(range(1, len(obs) + 1)):
+                log.warning("Not learning from recorded trial %s: its epochs %s are not 1, 2, ... (every_n_epochs > 1, "
+                            "or none recorded).", t.trial_id, [o.epoch for o in obs])
                 continue
-            run: dict[str, Any] = {"config": config, "curve": [o.value for o in obs]}
+            recorded = study.run_settings(t.trial_id)
+            same = recorded.get("monitor") in (None, self.monitor)
+            values = [o.metrics.get(self.monitor, o.value if same else None) for o in obs]
+            if any(v is None for v in values):
+                log.warning("Not learning from recorded trial %s: it monitored %r and did not log the tuner's %r "
+                            "(it logged %s).", t.trial_id, recorded.get("monitor"), self.monitor,
+                            sorted(obs[0].metrics))
+                continue
+            if not same or recorded.get("mode") not in (None, self.mode):
+                other.append(f"{t.trial_id} ({recorded.get('monitor')}, mode {recorded.get('mode')})")
+            run: dict[str, Any] = {"config": config, "curve": values}
             if self.method.uses_weights:
                 start = study.start_weights_path(t.trial_id)
                 if start is None or any(o.snapshot is None for o in obs):
+                    log.warning("Not learning from recorded trial %s: %s needs its weight snapshots, and its "
+                                "starting weights were not recorded.", t.trial_id, self.method.value)
                     continue
                 run["weights"] = [str(study.path / start)] + [str(study.path / str(o.snapshot)) for o in obs]
             runs.append(run)
+        if other:
+            log.warning("Recorded trials %s were run with another monitor or mode; the tuner learns their logged %r "
+                        "as values to %simise.", ", ".join(other), self.monitor, self.mode)
         if runs:
             opt.pretrain(runs)
             log.info("Pretrained the surrogate on %d run(s) recorded in the study.", len(runs))
         return len(runs)
 
     def _restore(self, opt: FMSOptimizer, study: Study) -> list[Suggestion]:
-        """Bring the optimizer up to date with the study; returns the suggestions still to train."""
+        """Bring the optimizer up to date with the study; returns the suggestions still to train.
+
+        Runs recorded by ``WeightSnapshot`` since the last ``fit`` (or before the
+        first) are learned from: the surrogate is pretrained again on all of them.
+        """
         state = study.load_tuner_state()
         if state is not None:
             opt.load_state_dict(state)
-        else:
+        recorded = [t.trial_id for t in study.trials() if t.opt_trial_id is None]
+        seen = set(study.get_meta("recorded_runs_seen", []))
+        new = [tid for tid in recorded if tid not in seen]
+        if new:
+            if state is not None:
+                log.warning("Trials %s were recorded into the study since it was last tuned; pretraining the "
+                            "surrogate again on every recorded run.", new)
             self._pretrain_from_recorded_runs(opt, study)
+            study.set_meta("recorded_runs_seen", recorded)
+            study.save_tuner_state(opt.state_dict())
         for t in study.trials():  # what was committed after the last saved optimizer state
             if t.opt_trial_id not in opt.trial_ids:
                 continue

@@ -336,3 +336,88 @@ def test_build_is_called_once_per_hub_entry_by_the_tuner_and_once_per_segment(tm
     assert sum(segments.values()) >= 2
     for name in hub.names:
         assert calls[name] == (1 if name in tuner._start_cache else 0) + segments[name], (name, calls, segments)
+
+
+class _TwoMetrics(tiny_task.TinyModule):
+    """Logs val_loss as well as val_acc."""
+
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.cross_entropy(self(x), y))
+
+
+def _record(study_dir, hub, *, epochs=2, module_cls=tiny_task.TinyModule, **snapshot):
+    import lightning.pytorch as pl
+
+    from fms_lightning.callbacks import WeightSnapshot
+
+    module = module_cls(hub["mlp8"].build(), 0.05)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[WeightSnapshot(study_dir, **snapshot)])
+    trainer.fit(module, datamodule=tiny_task.TinyData())
+
+
+def _pretrained_runs(monkeypatch):
+    from fms_lightning.optimizer import FMSOptimizer
+
+    calls = []
+    original = FMSOptimizer.pretrain
+
+    def spy(self, trials, **kw):
+        trials = list(trials)
+        calls.append(trials)
+        return original(self, trials, **kw)
+
+    monkeypatch.setattr(FMSOptimizer, "pretrain", spy)
+    return calls
+
+
+def test_weight_snapshot_hub_entry_fills_the_hub_dimension(tmp_path, monkeypatch, caplog) -> None:
+    """The README's WeightSnapshot(..., config=hparams, hub_entry=...) is learned from (it used to be skipped)."""
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    _record(tmp_path / "study", hub, monitor="val_acc", config={"lr": 0.05, "batch_size": 16, "other": 1},
+            hub_entry=hub["mlp8"])
+    calls = _pretrained_runs(monkeypatch)
+    with caplog.at_level("WARNING", logger="fms_lightning.tuner"):
+        _tuner(tmp_path, method="fms-gmn", budget=1).fit()
+    assert len(calls) == 1 and len(calls[0]) == 1
+    assert calls[0][0]["config"] == {"model": "mlp8", "lr": 0.05, "batch_size": 16}
+    assert len(calls[0][0]["weights"]) == 3
+    assert not [r for r in caplog.records if r.name == "fms_lightning.tuner" and r.levelname == "WARNING"]
+
+
+def test_recorded_runs_are_learned_in_the_tuners_monitor_with_a_warning(tmp_path, monkeypatch, caplog) -> None:
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    config = {"model": "mlp8", "lr": 0.05, "batch_size": 16}
+    _record(tmp_path / "study", hub, module_cls=_TwoMetrics, monitor="val_acc", mode="max", config=config)
+    _record(tmp_path / "study", hub, monitor="val_acc", config=config)  # never logs val_loss
+    calls = _pretrained_runs(monkeypatch)
+    tuner = FMSTuner(tiny_task.build, tiny_task.datamodule, tiny_task.space(hub), hub, monitor="val_loss", mode="min",
+                     budget_epochs=1, max_epochs_per_trial=3, method="dyhpo", study_dir=tmp_path / "study",
+                     optimizer_kwargs=tiny_task.FAST_OPT, progress=False)
+    with caplog.at_level("WARNING", logger="fms_lightning.tuner"):
+        with pytest.raises(MissingMetricError):  # TinyModule (the tuner's build) logs no val_loss; pretraining came first
+            tuner.fit()
+    with Study(tmp_path / "study", readonly=True) as study:
+        losses = [o.metrics["val_loss"] for o in study.observations(1)]
+        accs = [o.value for o in study.observations(1)]
+    assert len(calls) == 1 and [r["curve"] for r in calls[0]] == [losses] and losses != accs
+    text = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "Not learning from recorded trial 2" in text and "'val_loss'" in text
+    assert "Recorded trials 1 (val_acc, mode max)" in text
+
+
+def test_runs_recorded_after_tuning_are_learned_on_the_next_fit(tmp_path, monkeypatch, caplog) -> None:
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    calls = _pretrained_runs(monkeypatch)
+    _tuner(tmp_path, budget=2).fit()
+    assert calls == []
+    _record(tmp_path / "study", hub, monitor="val_acc", config={"lr": 0.05, "batch_size": 16}, hub_entry="mlp16")
+    with caplog.at_level("WARNING", logger="fms_lightning.tuner"):
+        assert _tuner(tmp_path, budget=3).fit().budget_used == 3
+    assert len(calls) == 1 and calls[0][0]["config"]["model"] == "mlp16"
+    assert any("recorded into the study since it was last tuned" in r.getMessage() for r in caplog.records)
+    _tuner(tmp_path, budget=4).fit()
+    assert len(calls) == 1  # already learned from: not again
