@@ -28,6 +28,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 from typing_extensions import override
 
@@ -225,6 +226,43 @@ class _FileRecorder(WeightSnapshot):
             self.records.append(EpochRecord(epoch, value, metrics, rel, wall))
 
 
+class _TrialLogs(Callback):
+    """A trial's TensorBoard extras: its config in the HParams plugin, and its metrics by epoch.
+
+    Lightning logs a trial's metrics by global step, which differs between trials
+    with different batch sizes; ``by_epoch/<metric>`` has the epoch as its step, so
+    trials line up.
+    """
+
+    def __init__(self, config: Mapping[str, Any], monitor: str, first_segment: bool) -> None:
+        self.config = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items()}
+        self.monitor = monitor
+        self.first_segment = first_segment
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger = trainer.logger
+        if logger is None or not trainer.is_global_zero:
+            return
+        logger.log_hyperparams(self.config)  # hparams.yaml
+        if self.first_segment and hasattr(logger, "experiment"):
+            with contextlib.suppress(Exception):  # the HParams plugin's table (TensorBoard only)
+                from torch.utils.tensorboard.summary import hparams
+
+                writer = logger.experiment._get_file_writer()
+                for summary in hparams(self.config, {f"by_epoch/{self.monitor}": 0.0}):
+                    writer.add_summary(summary)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.logger is None or not trainer.is_global_zero:
+            return
+        metrics = {f"by_epoch/{k}": float(v) for k, v in trainer.callback_metrics.items()
+                   if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)}
+        if metrics:
+            trainer.logger.log_metrics(metrics, step=trainer.current_epoch + 1)
+
+
 def checkpoint_relpath(study_trial: int, epoch: int) -> str:
     """Where a trial's Lightning checkpoint after ``epoch`` lives in the storage."""
     return f"checkpoints/trial_{int(study_trial):05d}/epoch_{int(epoch):04d}.ckpt"
@@ -342,6 +380,7 @@ class SegmentRunner:
         } | self.trainer_kwargs
         kwargs["callbacks"] = [
             recorder, EpochSeeder(self.seed, f"trial-{spec.study_trial}", first_epoch=spec.start_epoch),
+            _TrialLogs(spec.config, self.monitor, spec.start_epoch == 0),
             NonFiniteLossGuard(), *kwargs.get("callbacks", []),
         ]
         kwargs["max_epochs"] = spec.target

@@ -33,7 +33,7 @@ from fms_lightning.errors import ConfigurationError, FMSError, TrialFailedError
 from fms_lightning.executors import LocalExecutor, LostWorker, RayExecutor, RayFailure, RefitPacer
 from fms_lightning.hub import ModelHub
 from fms_lightning.optimizer import FMSOptimizer, Method, Suggestion
-from fms_lightning.result import TuneResult, leaderboard, plot_study
+from fms_lightning.result import TuneResult, best_result, leaderboard, plot_study
 from fms_lightning._threads import check_threads
 from fms_lightning.segment import (
     BuildFn, DataModuleLike, SegmentResult, SegmentRunner, SegmentSpec, _DataModuleFromClass, datamodule_factory,
@@ -598,15 +598,9 @@ class FMSTuner:
             hint = f"\nTracebacks are in {where}." if where.is_dir() else ""
             raise TrialFailedError("Every trial failed. Reasons:\n  " + "\n  ".join(reasons or ["(none recorded)"])
                                    + hint)
-        top = board[0]
-        snap = next(o.snapshot for o in study.observations(top.trial_id) if o.epoch == top.best_epoch)
         plot = plot_study(study, self.mode, self.study_dir / "study.png", monitor=self.monitor)
-        assert top.best_epoch is not None and top.best_value is not None
-        return TuneResult(
-            best_trial_id=top.trial_id, best_config=top.config, best_hub_entry=top.hub_entry,
-            best_epoch=top.best_epoch, best_value=top.best_value, best_checkpoint=str(study.path / str(snap)),
-            leaderboard=board, budget_used=study.budget_used(tuner_only=True), study_dir=str(self.study_dir), plot=plot,
-        )
+        result = best_result(study, self.mode, tuner_only=True)
+        return replace(result, study_dir=str(self.study_dir), plot=plot)
 
 
 def _settings_diff(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:

@@ -71,6 +71,18 @@ def test_fit_spends_the_budget_and_reports_the_best(tmp_path) -> None:
     incumbent = [e.value for e in acc.Scalars("tuner/incumbent")]
     assert incumbent == sorted(incumbent) and incumbent[-1] == pytest.approx(result.best_value)
     assert "tuner/surrogate_fit_loss" in acc.Tags()["scalars"]
+    # Each trial's config is in TensorBoard (hparams.yaml and the HParams plugin), and its metrics by epoch.
+    import yaml
+
+    for t in Study(tmp_path / "study", readonly=True).trials():
+        run = tmp_path / "study" / "tensorboard" / "trials" / f"trial_{t.trial_id:05d}"
+        assert yaml.safe_load((run / "hparams.yaml").read_text()) == t.config
+        acc = EventAccumulator(str(run))
+        acc.Reload()
+        epochs = [e.step for e in acc.Scalars("by_epoch/val_acc")]
+        with Study(tmp_path / "study", readonly=True) as study:
+            assert epochs == [o.epoch for o in study.observations(t.trial_id)]
+        assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
 
 
 def test_hub_weights_are_the_starting_weights(tmp_path) -> None:
