@@ -43,9 +43,11 @@ def _make(threads: int | None, n_obs: int, n_candidates: int, hub: dict) -> FMSO
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=6, help="timed steps per arm and phase (alternating)")
+    ap.add_argument("--phases", nargs="+", choices=("fresh", "refining"), default=["fresh", "refining"])
     ap.add_argument("--fresh", type=int, default=2, help="observations of the fresh study")
     ap.add_argument("--obs", type=int, default=50, help="observations of the refining study")
     ap.add_argument("--candidates", type=int, default=512)
+    ap.add_argument("--verbose", action="store_true", help="print every step's times")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     torch.set_num_threads(cores)  # torch's default on a machine without OMP_NUM_THREADS
@@ -54,6 +56,8 @@ def main() -> None:
     print(f"FMS-GMN, {args.candidates} candidates, {args.steps} alternating steps per arm; median s per step")
     print(f"{'phase':<28}" + "".join(f"{a:>24}" for a in arms) + "   ratio default/capped")
     for phase, n_obs in (("fresh (from-scratch fits)", args.fresh), ("refining (warm refits)", args.obs)):
+        if phase.split()[0] not in args.phases:
+            continue
         opts = {a: _make(t, n_obs, args.candidates, hub) for a, t in arms.items()}
         if phase.startswith("refining"):
             for o in opts.values():
@@ -74,6 +78,8 @@ def main() -> None:
                 else:
                     times[a].append(_step(o, hub))
             assert torch.get_num_threads() == cores  # the caller's setting survives every call
+            if args.verbose:
+                print("  step:", {a: round(v[-1], 3) for a, v in times.items()}, flush=True)
         med = {a: statistics.median(v) for a, v in times.items()}
         first, second = med.values()
         print(f"{phase:<28}" + "".join(f"{m:>24.3f}" for m in med.values()) + f"   {first / second:8.2f}x",
