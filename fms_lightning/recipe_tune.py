@@ -169,5 +169,6 @@ def run_tune_recipe(cfg: DictConfig | dict[str, Any], *, stream: TextIO | None =
           f"{result.best_trial_id}, hub model {result.best_hub_entry!r}\n      config: {cfg_text}", file=stream)
     print(f"Budget used: {result.budget_used} epochs. Plot: {result.plot}. Best weights: {result.best_checkpoint}",
           file=stream)
+    print(f"Export them: fms-lightning export {plain['study_dir']} OUT_DIR", file=stream)
     print(f"TensorBoard: tensorboard --logdir {plain['study_dir']}/tensorboard", file=stream, flush=True)
     return result
