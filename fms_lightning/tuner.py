@@ -29,12 +29,12 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 
+from fms_lightning._threads import check_threads
 from fms_lightning.errors import ConfigurationError, FMSError, TrialFailedError
 from fms_lightning.executors import LocalExecutor, LostWorker, RayExecutor, RayFailure, RefitPacer
 from fms_lightning.hub import ModelHub
 from fms_lightning.optimizer import FMSOptimizer, Method, Suggestion
 from fms_lightning.result import TuneResult, best_result, leaderboard, plot_study
-from fms_lightning._threads import check_threads
 from fms_lightning.segment import (
     BuildFn, DataModuleLike, SegmentResult, SegmentRunner, SegmentSpec, _DataModuleFromClass, datamodule_factory,
     load_hub_weights, quiet_lightning,
@@ -342,7 +342,8 @@ class FMSTuner:
         A run is used when its config (with its hub entry as the hub dimension) fits
         the search space, it logged the tuner's ``monitor`` at every epoch, its epochs
         are contiguous from 1 and, for the fms methods, its weights were recorded.
-        The values learned are the tuner's ``monitor``, whatever the run monitored.
+        The values learned are the tuner's ``monitor``, whatever the run monitored,
+        over the run's first ``max_epochs_per_trial`` epochs.
         A run that is skipped, or that monitored another metric or mode, is named
         in a warning. Returns the number of runs used.
         """
@@ -368,6 +369,7 @@ class FMSTuner:
                 log.warning("Not learning from recorded trial %s: its epochs %s are not 1, 2, ... (every_n_epochs > 1, "
                             "or none recorded).", t.trial_id, [o.epoch for o in obs])
                 continue
+            obs = obs[: self.max_epochs_per_trial]  # the surrogate's budgets end there
             recorded = study.run_settings(t.trial_id)
             same = recorded.get("monitor") in (None, self.monitor)
             values = [o.metrics.get(self.monitor, o.value if same else None) for o in obs]

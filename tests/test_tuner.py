@@ -390,13 +390,13 @@ def test_weight_snapshot_hub_entry_fills_the_hub_dimension(tmp_path, monkeypatch
     """The README's WeightSnapshot(..., config=hparams, hub_entry=...) is learned from (it used to be skipped)."""
     hub = tiny_task.make_hub(tmp_path / "hub")
     _record(tmp_path / "study", hub, monitor="val_acc", config={"lr": 0.05, "batch_size": 16, "other": 1},
-            hub_entry=hub["mlp8"])
+            hub_entry=hub["mlp8"], epochs=4)  # longer than the tuner's trials: its first 3 epochs are used
     calls = _pretrained_runs(monkeypatch)
     with caplog.at_level("WARNING", logger="fms_lightning.tuner"):
         _tuner(tmp_path, method="fms-gmn", budget=1).fit()
     assert len(calls) == 1 and len(calls[0]) == 1
     assert calls[0][0]["config"] == {"model": "mlp8", "lr": 0.05, "batch_size": 16}
-    assert len(calls[0][0]["weights"]) == 3
+    assert len(calls[0][0]["curve"]) == 3 and len(calls[0][0]["weights"]) == 4
     assert not [r for r in caplog.records if r.name == "fms_lightning.tuner" and r.levelname == "WARNING"]
 
 
