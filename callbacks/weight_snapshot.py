@@ -44,18 +44,25 @@ class WeightSnapshot(Callback):
         trial_id: Record into this existing trial. If ``None``, a new trial is
             created in ``setup`` with ``config`` and ``hub_entry``.
         config: The run's hyperparameters, stored with a new trial (standalone use).
-        hub_entry: The hub model the run started from, if any.
+            Keys outside a later tuner's search space are ignored by it.
+        hub_entry: The hub model the run started from (its name or its ``HubEntry``), if any. A tuner
+            learning from the run takes it as the config's hub dimension (e.g.
+            ``model``), so ``config`` need not hold it.
+        mode: ``"min"`` or ``"max"``: whether smaller or larger ``monitor`` values are
+            better. Stored with the trial, for ``fms-lightning status`` and to check
+            against a tuner's ``mode``.
         every_n_epochs: Record every n-th validation epoch (default 1).
         fp16: Store floating weights as float16 (halves disk use).
         save_start_weights: Store ``W_{i,0}`` before the first epoch of a trial
             that has none yet.
 
     Raises:
-        ConfigurationError: For an empty ``monitor`` or ``every_n_epochs < 1``; at
+        ConfigurationError: For an empty ``monitor``, a bad ``mode`` or ``every_n_epochs < 1``; at
             the first validation epoch when ``monitor`` was not logged (the
             message lists what was logged).
 
-    >>> cb = WeightSnapshot("runs/study", monitor="val_acc", config={"lr": 1e-3})  # doctest: +SKIP
+    >>> cb = WeightSnapshot("runs/study", monitor="val_acc", mode="max",  # doctest: +SKIP
+    ...                     config={"lr": 1e-3}, hub_entry="mlp-small")
     >>> pl.Trainer(callbacks=[cb]).fit(model, datamodule=dm)  # doctest: +SKIP
     """
 
@@ -66,13 +73,16 @@ class WeightSnapshot(Callback):
         monitor: str,
         trial_id: int | None = None,
         config: Mapping[str, Any] | None = None,
-        hub_entry: str | None = None,
+        hub_entry: str | Any = None,
+        mode: str | None = None,
         every_n_epochs: int = 1,
         fp16: bool = False,
         save_start_weights: bool = True,
     ) -> None:
         if not isinstance(monitor, str) or not monitor:
             raise ConfigurationError(f"monitor must name a logged metric such as 'val_acc', got {monitor!r}.")
+        if mode not in (None, "min", "max"):
+            raise ConfigurationError(f"mode must be 'min', 'max' or None, got {mode!r}.")
         if int(every_n_epochs) < 1:
             raise ConfigurationError(f"every_n_epochs must be >= 1, got {every_n_epochs!r}.")
         if not isinstance(study, (Study, str, os.PathLike)):
@@ -80,7 +90,8 @@ class WeightSnapshot(Callback):
         self.monitor = monitor
         self.trial_id = trial_id
         self.config = dict(config or {})
-        self.hub_entry = hub_entry
+        self.hub_entry = getattr(hub_entry, "name", hub_entry)  # a HubEntry or its name
+        self.mode = mode
         self.every_n_epochs = int(every_n_epochs)
         self.fp16 = fp16
         self.save_start_weights = save_start_weights
@@ -130,6 +141,7 @@ class WeightSnapshot(Callback):
         if self.trial_id is None:
             config = self.config or dict(getattr(pl_module, "hparams", {}) or {})
             self.trial_id = self._study.add_trial(config, self.hub_entry, source="callback", status=TrialStatus.RUNNING)
+            self._study.set_run_settings(self.trial_id, monitor=self.monitor, mode=self.mode)
         return self.trial_id
 
     def _needs_start_weights(self) -> bool:

@@ -6,6 +6,7 @@ Subcommands:
 - ``presets [--list FILE] [--format table|yaml]``: print a NAdamW hyperparameter list.
 - ``tune [RECIPE] [key=value ...]``: run Forecasting Model Search from a recipe.
 - ``status STUDY_DIR``: trials, the best result so far, and the budget used.
+- ``export STUDY_DIR OUT_DIR [--trial N]``: the best weights and their config.
 - ``lists build ...``: build an ordered hyperparameter list from your own trials.
 - ``sweep [RECIPE] --top K``: train the first K presets of a list, in parallel.
 - ``bench build|run|report``: cached HPO benchmarks and ``BENCHMARKS.md``.
@@ -58,29 +59,56 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from fms_lightning.result import leaderboard
+    from fms_lightning.result import leaderboard, study_objective
     from fms_lightning.study import Study
 
     with Study(args.study_dir, readonly=True) as study:
         settings = study.get_meta("tuner_settings") or {}
-        mode = settings.get("mode", args.mode)
+        monitor, mode, source = study_objective(study, mode=args.mode)
         trials = study.trials()
-        board = leaderboard(study, mode, trials=trials)
+        board = leaderboard(study, mode, trials=trials, monitor=monitor)
         counts: dict[str, int] = {}
         for t in trials:
             counts[t.status.value] = counts.get(t.status.value, 0) + 1
+        tuned, total = study.budget_used(tuner_only=True), study.budget_used()
+        budget = f"budget used {tuned} epochs by the tuner"
+        if total > tuned:
+            budget += f" (+{total - tuned} epochs of runs recorded by WeightSnapshot)"
+        guessed = " (mode guessed from the name; pass --mode)" if source == "guessed" else ""
         print(f"study {args.study_dir}: {len(trials)} trials ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}); "
-              f"budget used {study.budget_used()} epochs; method {settings.get('method', '-')}, "
-              f"monitor {settings.get('monitor', '-')} ({mode})")
-        best = study.best(mode)
-        if best is not None:
-            entry = study.trial(best.trial_id).hub_entry
-            print(f"best: {best.value:.4f} at epoch {best.epoch} of trial {best.trial_id} (hub entry {entry})")
+              f"{budget}; method {settings.get('method', '-')}, monitor {monitor or '-'} ({mode}){guessed}")
+        tuner_rows = [r for r in board if study.trial(r.trial_id).opt_trial_id is not None]
+        top = next((r for r in (tuner_rows or board) if r.best_value is not None), None)
+        if top is not None:
+            kind = "" if tuner_rows else " (a recorded run)"
+            print(f"best: {top.best_value:.4f} at epoch {top.best_epoch} of trial {top.trial_id}{kind} "
+                  f"(hub entry {top.hub_entry})")
         print(f"{'trial':>5}  {'status':<10}{'hub entry':<16}{'epochs':>6}  {'best':>8}  reason")
         for r in sorted(board, key=lambda r: r.trial_id):
             best_s = f"{r.best_value:.4f}" if r.best_value is not None else "-"
             print(f"{r.trial_id:>5}  {r.status:<10}{str(r.hub_entry or '-'):<16}{r.epochs:>6}  {best_s:>8}  {r.reason or ''}")
     return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from fms_lightning.result import best_result, study_objective
+    from fms_lightning.study import Study
+
+    with Study(args.study_dir, readonly=True) as study:
+        monitor, mode, _ = study_objective(study, mode=args.mode)
+        result = best_result(study, mode, monitor=monitor, trial_id=args.trial)
+        out = result.export_best(args.out_dir)
+    print(f"exported trial {result.best_trial_id} at epoch {result.best_epoch} ({monitor or 'value'}="
+          f"{result.best_value:.4f}, hub entry {result.best_hub_entry}) to {out}: weights.safetensors, config.yaml")
+    return 0
+
+
+def _cwd_on_path() -> None:
+    """Let ``module=pkg.mod:attr`` (and hub factories) import from the current folder, as ``python -m`` does."""
+    import os
+
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,8 +133,16 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="summarise a study folder")
     status.add_argument("study_dir")
-    status.add_argument("--mode", choices=("min", "max"), default="max", help="for studies without tuner settings")
+    status.add_argument("--mode", choices=("min", "max"), default=None,
+                        help="rank by this mode (default: the study's; for recorded runs without one, guessed)")
     status.set_defaults(func=_cmd_status)
+
+    export = sub.add_parser("export", help="copy a study's best weights and their config to a folder")
+    export.add_argument("study_dir")
+    export.add_argument("out_dir", help="gets weights.safetensors (the LightningModule's state_dict) and config.yaml")
+    export.add_argument("--trial", type=int, default=None, help="the best epoch of this trial instead")
+    export.add_argument("--mode", choices=("min", "max"), default=None, help="as for status")
+    export.set_defaults(func=_cmd_export)
 
     from fms_lightning.bench.cli import register as register_bench
     from fms_lightning.optim import lists, sweep_cli
@@ -132,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    _cwd_on_path()
     try:
         return int(args.func(args))
     except FMSError as err:

@@ -12,6 +12,7 @@ The optimizer knows nothing of Lightning.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fms_lightning._threads import capped_threads, check_threads
 from fms_lightning.acquisition import Acquisition, ExpectedImprovementMF, HorizonExpectedImprovement
 from fms_lightning.errors import ConfigurationError, SurrogateError
 from fms_lightning.space import SearchSpace
@@ -118,6 +120,17 @@ def _resolve_gmn_training(method: Method, value: str | GMNTraining | None, encod
     return mode
 
 
+def _surrogate_threads(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an optimizer method with ``self.surrogate_threads`` torch threads (the caller's count is restored)."""
+
+    @functools.wraps(method)
+    def wrapper(self: FMSOptimizer, *args: Any, **kwargs: Any) -> Any:
+        with capped_threads(self.surrogate_threads):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 def _default_encoder(method: Method, seed: int) -> tuple[nn.Module | Callable[[Any], nn.Module], int | None]:
     """The paper's encoders, seeded without touching the global RNG: GMN (A.6) or FLAT."""
     from fms_lightning.weightspace import FlatEncoder, GMNEncoder
@@ -141,7 +154,8 @@ class FMSOptimizer:
     Args:
         space: The search space.
         max_epochs: The maximum budget of a trial, in epochs.
-        method: ``"fms-gmn"``, ``"fms-flat"``, ``"dyhpo"``, ``"gp"`` or ``"random"``.
+        method: ``"fms-gmn"`` (the default, as in ``FMSTuner``; it needs the weight hooks below),
+            ``"fms-flat"``, ``"dyhpo"``, ``"gp"`` or ``"random"``.
         mode: ``"max"`` if larger values are better, else ``"min"``.
         seed: Seed of every random choice (candidate sampling, initialisation).
         learning_curve: Feed Y_{i,j-1} to the surrogate (False: the "no CNN" ablation).
@@ -180,6 +194,10 @@ class FMSOptimizer:
             look-ahead rows, see ``surrogate.dataset.forecast_rows``),
             or ``"auto"``: ``"ei-mf"`` for ``"dyhpo"`` and ``"gp"`` (as published),
             ``"ei-horizon"`` for the fms methods. Either way one epoch is trained per suggestion.
+        surrogate_threads: Torch intra-op threads while the optimizer fits and queries its
+            surrogate (``suggest``, ``observe``, ``predict``, ``pretrain``); the caller's
+            ``torch.get_num_threads()`` is restored afterwards. The default 1 is the fastest
+            for the surrogate's small matrices; ``None`` keeps torch's setting.
 
     Raises:
         ConfigurationError: On an invalid option, or an fms method without its weight hooks.
@@ -197,7 +215,7 @@ class FMSOptimizer:
         space: SearchSpace,
         *,
         max_epochs: int,
-        method: str | Method = "dyhpo",
+        method: str | Method = "fms-gmn",
         mode: str = "max",
         seed: int = 0,
         learning_curve: bool = True,
@@ -215,6 +233,7 @@ class FMSOptimizer:
         acquisition: str | Acquisition = "auto",
         gmn_training: str | GMNTraining | None = None,
         gmn_trunk_fits: int | None = None,
+        surrogate_threads: int | None = 1,
     ) -> None:
         if not isinstance(space, SearchSpace):
             raise ConfigurationError(f"space={space!r}; expected a SearchSpace.")
@@ -240,6 +259,7 @@ class FMSOptimizer:
                 f"max_epochs={max_epochs!r}, n_candidates={n_candidates!r}; expected integers >= 1."
             )
         self.space, self.max_epochs, self.mode, self.seed = space, max_epochs, mode, int(seed)
+        self.surrogate_threads = check_threads(surrogate_threads)
         self.n_candidates = n_candidates
         self._rng = np.random.default_rng(self.seed)
         self.featurizer: WeightFeaturizer | SnapshotFeaturizer | None = None
@@ -288,6 +308,7 @@ class FMSOptimizer:
     def n_observations(self) -> int:
         return sum(len(t.curve) for t in self.trials.values())
 
+    @_surrogate_threads
     def suggest(self) -> Suggestion:
         """Pick the next (trial, epoch) by maximising EI_MF (eq. 5) over the candidates.
 
@@ -310,6 +331,7 @@ class FMSOptimizer:
             self._warn_once("surrogate", f"The surrogate failed ({err}); suggesting a random config instead.")
             return self._start(new[0], 1)
 
+    @_surrogate_threads
     def observe(self, trial_id: int, epoch: int, value: float, weights: Weights | None = None) -> None:
         """Record y_{i,epoch} and, for the fms methods, the snapshot W_{i,epoch}.
 
@@ -382,6 +404,7 @@ class FMSOptimizer:
             return None
         return best[0], dict(best[1]), best[2], best[3] if self.mode == "max" else -best[3]
 
+    @_surrogate_threads
     def predict(
         self, configs: Iterable[Mapping[str, Any]], *, epoch: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -618,6 +641,7 @@ class FMSOptimizer:
             self.featurizer.load_state_dict(state["featurizer"])
         self.surrogate.load_state_dict(state.get("surrogate", {}))
 
+    @_surrogate_threads
     def pretrain(self, trials: Iterable[Mapping[str, Any]], *, steps: int | None = None) -> None:
         """Learn the surrogate from earlier studies (transfer, paper Fig. 3).
 

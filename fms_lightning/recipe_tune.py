@@ -18,7 +18,8 @@ embedded default)::
     optimizer: {}                       # extra FMSOptimizer options, e.g. n_candidates
     trainer: {}                         # extra lightning.Trainer options
     progress: true
-    threads: null                       # torch intra-op threads (null: torch's default)
+    threads: null                       # torch intra-op threads for training (null: torch's default)
+    surrogate_threads: 1                # torch threads while the surrogate fits and suggests (null: as training)
     executor: local                     # local | ray (pip install 'fms-lightning[ray]')
     max_concurrent: 1                   # segments at once (ray)
     storage: null                       # checkpoints/snapshots: a path or fsspec URL workers reach (null: study_dir)
@@ -59,6 +60,7 @@ class TuneRecipe:
     trainer: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     threads: Any = None
+    surrogate_threads: Any = 1
     executor: str = "local"
     max_concurrent: int = 1
     storage: Any = None
@@ -104,26 +106,10 @@ def _resolve_hub(spec: Any, seed: int, stream: TextIO) -> Any:
 
 
 def _datamodule_factory(obj: Any) -> Any:
-    """A ``config -> LightningDataModule`` callable from a recipe's ``datamodule:`` object.
+    """A recipe's ``datamodule:`` object as FMSTuner takes it (see ``segment.datamodule_factory``)."""
+    from fms_lightning.segment import datamodule_factory
 
-    A LightningDataModule *class* is instantiated with the config's values for the
-    parameters its ``__init__`` accepts (so ``batch_size`` in the search space
-    reaches it); any other callable is called with the config.
-    """
-    import inspect
-
-    import lightning.pytorch as pl
-
-    if isinstance(obj, type) and issubclass(obj, pl.LightningDataModule):
-        params = inspect.signature(obj.__init__).parameters
-
-        def make(config: dict[str, Any]) -> pl.LightningDataModule:
-            return obj(**{k: v for k, v in config.items() if k in params and k != "self"})
-
-        return make
-    if not callable(obj):
-        raise ConfigurationError(f"The recipe's datamodule must be a LightningDataModule class or a callable, got {obj!r}.")
-    return obj
+    return datamodule_factory(obj)
 
 
 def tuner_from_recipe(cfg: DictConfig | dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -162,6 +148,7 @@ def tuner_from_recipe(cfg: DictConfig | dict[str, Any]) -> tuple[Any, dict[str, 
         trainer_kwargs=plain["trainer"], optimizer_kwargs=plain["optimizer"], progress=bool(plain["progress"]),
         executor=plain["executor"], max_concurrent=int(plain["max_concurrent"]), storage=plain["storage"],
         ray_address=plain["ray_address"], gmn_training=plain["gmn_training"],
+        surrogate_threads=plain["surrogate_threads"],
     )
     return tuner, plain
 
@@ -185,5 +172,6 @@ def run_tune_recipe(cfg: DictConfig | dict[str, Any], *, stream: TextIO | None =
           f"{result.best_trial_id}, hub model {result.best_hub_entry!r}\n      config: {cfg_text}", file=stream)
     print(f"Budget used: {result.budget_used} epochs. Plot: {result.plot}. Best weights: {result.best_checkpoint}",
           file=stream)
+    print(f"Export them: fms-lightning export {plain['study_dir']} OUT_DIR", file=stream)
     print(f"TensorBoard: tensorboard --logdir {plain['study_dir']}/tensorboard", file=stream, flush=True)
     return result

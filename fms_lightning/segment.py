@@ -20,6 +20,7 @@ import os
 import socket
 import tempfile
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 from typing_extensions import override
 
@@ -37,7 +39,7 @@ from fms_lightning.hub import HubEntry, ModelHub
 from fms_lightning.storage import Storage
 from fms_lightning.study import snapshot_relpath, write_snapshot_file
 
-__all__ = ["EpochRecord", "SegmentResult", "SegmentRunner", "SegmentSpec", "load_hub_weights"]
+__all__ = ["EpochRecord", "SegmentResult", "SegmentRunner", "SegmentSpec", "datamodule_factory", "load_hub_weights"]
 
 BuildFn = Callable[[dict[str, Any], HubEntry | None], pl.LightningModule]
 DataModuleLike = pl.LightningDataModule | Callable[[dict[str, Any]], pl.LightningDataModule]
@@ -66,6 +68,44 @@ def load_hub_weights(module: nn.Module, state: Mapping[str, torch.Tensor], *, en
         f"build() returned a {type(module).__name__} with no submodule whose parameters match hub entry "
         f"{entry!r} (keys such as {sample}). Make build(config, hub_entry) hold the model built by "
         "hub_entry.build(load_weights=False) as an attribute, e.g. self.model."
+    )
+
+
+class _DataModuleFromClass:
+    """``config -> cls(**the config values that cls.__init__ names)``; picklable, for Ray workers."""
+
+    def __init__(self, cls: type[pl.LightningDataModule]) -> None:
+        import inspect
+
+        self.cls = cls
+        params = inspect.signature(cls.__init__).parameters
+        self.names = tuple(n for n, p in params.items() if n != "self"
+                           and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+    def __call__(self, config: Mapping[str, Any]) -> pl.LightningDataModule:
+        return self.cls(**{k: v for k, v in config.items() if k in self.names})
+
+    def __repr__(self) -> str:
+        return f"{self.cls.__name__}(<config values for {', '.join(self.names) or 'no parameters'}>)"
+
+
+def datamodule_factory(obj: Any) -> pl.LightningDataModule | Callable[[dict[str, Any]], pl.LightningDataModule]:
+    """What the tuner calls to get a trial's data: a LightningDataModule, or ``config -> LightningDataModule``.
+
+    A LightningDataModule *class* is instantiated per trial with the config's values
+    for the parameters its ``__init__`` names (so ``batch_size`` in the search space
+    reaches it); its other parameters keep their defaults.
+
+    Raises:
+        ConfigurationError: If ``obj`` is neither a LightningDataModule, nor its class, nor callable.
+    """
+    if isinstance(obj, type) and issubclass(obj, pl.LightningDataModule):
+        return _DataModuleFromClass(obj)
+    if isinstance(obj, pl.LightningDataModule) or (callable(obj) and not isinstance(obj, type)):
+        return obj
+    raise ConfigurationError(
+        f"datamodule must be a LightningDataModule, a LightningDataModule class, or a callable "
+        f"config -> LightningDataModule; got {obj!r}."
     )
 
 
@@ -137,6 +177,7 @@ class SegmentResult:
         worker: ``host:pid`` of the process that trained it.
         started: Wall-clock start (``time.time()``).
         seconds: How long it took.
+        traceback: The failure's formatted traceback, or ``None``.
     """
 
     spec: SegmentSpec
@@ -147,6 +188,7 @@ class SegmentResult:
     worker: str
     started: float
     seconds: float = field(default=0.0)
+    traceback: str | None = None
 
 
 class _FileRecorder(WeightSnapshot):
@@ -182,6 +224,43 @@ class _FileRecorder(WeightSnapshot):
         else:
             assert value is not None
             self.records.append(EpochRecord(epoch, value, metrics, rel, wall))
+
+
+class _TrialLogs(Callback):
+    """A trial's TensorBoard extras: its config in the HParams plugin, and its metrics by epoch.
+
+    Lightning logs a trial's metrics by global step, which differs between trials
+    with different batch sizes; ``by_epoch/<metric>`` has the epoch as its step, so
+    trials line up.
+    """
+
+    def __init__(self, config: Mapping[str, Any], monitor: str, first_segment: bool) -> None:
+        self.config = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items()}
+        self.monitor = monitor
+        self.first_segment = first_segment
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger = trainer.logger
+        if logger is None or not trainer.is_global_zero:
+            return
+        logger.log_hyperparams(self.config)  # hparams.yaml
+        if self.first_segment and hasattr(logger, "experiment"):
+            with contextlib.suppress(Exception):  # the HParams plugin's table (TensorBoard only)
+                from torch.utils.tensorboard.summary import hparams
+
+                writer = logger.experiment._get_file_writer()
+                for summary in hparams(self.config, {f"by_epoch/{self.monitor}": 0.0}):
+                    writer.add_summary(summary)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.logger is None or not trainer.is_global_zero:
+            return
+        metrics = {f"by_epoch/{k}": float(v) for k, v in trainer.callback_metrics.items()
+                   if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)}
+        if metrics:
+            trainer.logger.log_metrics(metrics, step=trainer.current_epoch + 1)
 
 
 def checkpoint_relpath(study_trial: int, epoch: int) -> str:
@@ -261,7 +340,7 @@ class SegmentRunner:
             module = self.make_module(spec.config, load_weights=ckpt is None)
             recorder = _FileRecorder(self.storage, trial_id=spec.study_trial, monitor=self.monitor,
                                      save_start_weights=spec.start_epoch == 0)
-            trainer, error = None, None
+            trainer, error, trace = None, None, None
             try:
                 trainer = self._trainer(spec, recorder)
                 with quiet_lightning():
@@ -271,6 +350,7 @@ class SegmentRunner:
                 raise
             except Exception as err:  # noqa: BLE001 - one trial's failure is reported, not raised
                 error = f"{type(err).__name__}: {err}"
+                trace = traceback.format_exc()
             finally:
                 if trainer is not None:  # stop the writer thread; the files written so far are kept
                     with contextlib.suppress(Exception):
@@ -287,7 +367,7 @@ class SegmentRunner:
                 checkpoint = self.storage.write(checkpoint_relpath(spec.study_trial, spec.target),
                                                 lambda tmp: trainer.save_checkpoint(tmp, weights_only=False))
         return SegmentResult(spec, tuple(recorder.records), recorder.start_snapshot, checkpoint, error,
-                             f"{socket.gethostname()}:{os.getpid()}", started, time.perf_counter() - t0)
+                             f"{socket.gethostname()}:{os.getpid()}", started, time.perf_counter() - t0, trace)
 
     def _trainer(self, spec: SegmentSpec, recorder: _FileRecorder) -> pl.Trainer:
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -300,6 +380,7 @@ class SegmentRunner:
         } | self.trainer_kwargs
         kwargs["callbacks"] = [
             recorder, EpochSeeder(self.seed, f"trial-{spec.study_trial}", first_epoch=spec.start_epoch),
+            _TrialLogs(spec.config, self.monitor, spec.start_epoch == 0),
             NonFiniteLossGuard(), *kwargs.get("callbacks", []),
         ]
         kwargs["max_epochs"] = spec.target

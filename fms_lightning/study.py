@@ -279,8 +279,19 @@ class Study:
             return self._conn.execute(sql, args).fetchall()
 
     def close(self) -> None:
-        """Close the database and release the writer lock."""
+        """Close the database and release the writer lock.
+
+        A writer leaves the file in rollback-journal mode, with the WAL folded in,
+        so that a closed study is the one ``study.sqlite`` file (readers of a WAL
+        file would otherwise leave ``-wal`` and ``-shm`` files behind). The next
+        writer switches WAL on again. If a reader still has the study open, the
+        switch is skipped.
+        """
         with self._mutex:
+            if not self.readonly:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    self._conn.execute("PRAGMA journal_mode=DELETE")
             self._conn.close()
             if self._lock_fh is not None:
                 self._lock_fh.close()
@@ -548,3 +559,11 @@ class Study:
         """The JSON value stored under ``key``, or ``default``."""
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return json.loads(rows[0][0]) if rows else default
+
+    def set_run_settings(self, trial_id: int, *, monitor: str, mode: str | None = None) -> None:
+        """Record what a run outside the tuner monitored (``WeightSnapshot`` does, for its trials)."""
+        self.set_meta(f"run_settings/{int(trial_id):05d}", {"monitor": monitor, "mode": mode})
+
+    def run_settings(self, trial_id: int) -> dict[str, Any]:
+        """``{"monitor": ..., "mode": ...}`` of a recorded run (``{}`` if unknown, e.g. the tuner's trials)."""
+        return dict(self.get_meta(f"run_settings/{int(trial_id):05d}", {}))

@@ -29,13 +29,15 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 
+from fms_lightning._threads import check_threads
 from fms_lightning.errors import ConfigurationError, FMSError, TrialFailedError
 from fms_lightning.executors import LocalExecutor, LostWorker, RayExecutor, RayFailure, RefitPacer
 from fms_lightning.hub import ModelHub
 from fms_lightning.optimizer import FMSOptimizer, Method, Suggestion
-from fms_lightning.result import TuneResult, leaderboard, plot_study
+from fms_lightning.result import TuneResult, best_result, leaderboard, plot_study
 from fms_lightning.segment import (
-    BuildFn, DataModuleLike, SegmentResult, SegmentRunner, SegmentSpec, load_hub_weights, quiet_lightning,
+    BuildFn, DataModuleLike, SegmentResult, SegmentRunner, SegmentSpec, _DataModuleFromClass, datamodule_factory,
+    load_hub_weights, quiet_lightning,
 )
 from fms_lightning.space import SearchSpace
 from fms_lightning.storage import Storage
@@ -82,8 +84,9 @@ class FMSTuner:
     Args:
         build: ``build(config, hub_entry) -> LightningModule``. The tuner loads the
             hub entry's weights into it (see :func:`load_hub_weights`).
-        datamodule: A ``LightningDataModule``, or ``config -> LightningDataModule``
-            so that e.g. ``batch_size`` can be a hyperparameter.
+        datamodule: A ``LightningDataModule``; its class, which is instantiated per
+            trial with the config values its ``__init__`` names (so e.g.
+            ``batch_size`` can be a hyperparameter); or ``config -> LightningDataModule``.
         space: The search space; a :class:`~fms_lightning.space.HubChoice`
             dimension picks the hub entry.
         hub: The :class:`~fms_lightning.hub.ModelHub` (required when the space has
@@ -121,10 +124,15 @@ class FMSTuner:
             (e.g. ``{"num_cpus": 2, "num_gpus": 1}``).
         max_lost_worker_retries: How often one segment is re-run after its worker
             or node died, before its trial is failed.
+        surrogate_threads: Torch intra-op threads for the surrogate's fits and
+            suggestions, in this process (default 1, much faster for its small
+            matrices; your ``torch.get_num_threads()`` is restored afterwards, so
+            training keeps it). ``None`` leaves torch's setting.
 
     Raises:
         ConfigurationError: For a bad mode, budget, method, executor, or a hub
-            dimension without a hub (each message says what was expected).
+            dimension without a hub, or a DataModule class that needs arguments the
+            space does not provide (each message says what was expected).
 
     >>> tuner = FMSTuner(build, dm, space, hub, monitor="val_acc", mode="max",  # doctest: +SKIP
     ...                  budget_epochs=40, max_epochs_per_trial=10, study_dir="runs/study")
@@ -157,17 +165,17 @@ class FMSTuner:
         resources_per_trial: Mapping[str, Any] | None = None,
         max_lost_worker_retries: int = 3,
         gmn_training: Literal["frozen", "readout", "full"] | None = None,
+        surrogate_threads: int | None = 1,
     ) -> None:
         from fms_lightning._ray import check_executor
 
         if not callable(build):
             raise ConfigurationError(f"build must be callable as build(config, hub_entry), got {build!r}.")
-        if not (isinstance(datamodule, pl.LightningDataModule) or callable(datamodule)):
-            raise ConfigurationError(
-                f"datamodule must be a LightningDataModule or a callable config -> LightningDataModule, got {datamodule!r}."
-            )
+        datamodule = datamodule_factory(datamodule)
         if not isinstance(space, SearchSpace):
             raise ConfigurationError(f"space must be a SearchSpace, got {type(space).__name__}.")
+        if isinstance(datamodule, _DataModuleFromClass):
+            _check_datamodule_class(datamodule, space)
         if mode not in ("min", "max"):
             raise ConfigurationError(f"mode must be 'min' or 'max', got {mode!r}.")
         if not isinstance(monitor, str) or not monitor:
@@ -217,6 +225,7 @@ class FMSTuner:
         self.ray_address = ray_address
         self.resources_per_trial = dict(resources_per_trial or {})
         self.max_lost_worker_retries = max_lost_worker_retries
+        self.surrogate_threads = check_threads(surrogate_threads)
         self.storage = Storage(storage if storage is not None else self.study_dir)
         self.runner = SegmentRunner(build, datamodule, hub, space.hub_name, monitor, self.seed, max_epochs_per_trial,
                                     self.storage, dict(trainer_kwargs or {}))
@@ -230,6 +239,7 @@ class FMSTuner:
         self.suggest_seconds: list[float] = []
         #: Segments of the last :meth:`fit` call whose worker or node was lost, with the reason (each was re-run).
         self.lost_segments: list[tuple[SegmentSpec, str]] = []
+        self._first_failure: tuple[int, Path | None, str | None] = (0, None, None)
 
     # ------------------------------------------------------------------ helpers
     def _entry_key(self, config: Mapping[str, Any]) -> str:
@@ -248,6 +258,7 @@ class FMSTuner:
             torch.manual_seed(self.seed)
             module = self.runner.make_module(config, load_weights=True)
             self._start_cache[key] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            self._graph_modules.setdefault(key, module)  # same architecture: _graph need not build it again
         return self._start_cache[key]
 
     def _graph(self, config: dict[str, Any], state_dict: Mapping[str, torch.Tensor]) -> Any:
@@ -275,6 +286,7 @@ class FMSTuner:
     # ------------------------------------------------------------------ segments
     def _new_optimizer(self) -> FMSOptimizer:
         kwargs = dict(self.optimizer_kwargs)
+        kwargs.setdefault("surrogate_threads", self.surrogate_threads)
         if self.method.uses_weights:
             kwargs.setdefault("graph_fn", self._graph)
             kwargs.setdefault("starting_weights_fn", self._start_weights)
@@ -333,44 +345,83 @@ class FMSTuner:
     def _pretrain_from_recorded_runs(self, opt: FMSOptimizer, study: Study) -> int:
         """Pretrain the surrogate on runs that ``WeightSnapshot`` recorded outside the tuner.
 
-        A run is used when its config fits the search space and its epochs are
-        contiguous from 1 (and, for the fms methods, its starting weights were
-        recorded). Returns the number of runs used.
+        A run is used when its config (with its hub entry as the hub dimension) fits
+        the search space, it logged the tuner's ``monitor`` at every epoch, its epochs
+        are contiguous from 1 and, for the fms methods, its weights were recorded.
+        The values learned are the tuner's ``monitor``, whatever the run monitored,
+        over the run's first ``max_epochs_per_trial`` epochs.
+        A run that is skipped, or that monitored another metric or mode, is named
+        in a warning. Returns the number of runs used.
         """
         from fms_lightning.errors import SearchSpaceError
 
-        runs = []
+        runs, other = [], []
         for t in study.trials():
             if t.opt_trial_id is not None:
                 continue
             obs = study.observations(t.trial_id)
             config = {k: t.config[k] for k in self.space.names if k in t.config}
+            hub_name = self.space.hub_name
+            if hub_name is not None and hub_name not in config and t.hub_entry is not None:
+                config[hub_name] = t.hub_entry  # WeightSnapshot(hub_entry=...)
             try:
                 self.space.validate(config)
             except SearchSpaceError as err:
-                log.info("Not learning from recorded trial %s: %s", t.trial_id, err)
+                hint = (f" Pass WeightSnapshot(..., hub_entry=<the hub model's name>)."
+                        if hub_name is not None and hub_name not in config else "")
+                log.warning("Not learning from recorded trial %s: %s%s", t.trial_id, err, hint)
                 continue
             if not obs or [o.epoch for o in obs] != list(range(1, len(obs) + 1)):
+                log.warning("Not learning from recorded trial %s: its epochs %s are not 1, 2, ... (every_n_epochs > 1, "
+                            "or none recorded).", t.trial_id, [o.epoch for o in obs])
                 continue
-            run: dict[str, Any] = {"config": config, "curve": [o.value for o in obs]}
+            obs = obs[: self.max_epochs_per_trial]  # the surrogate's budgets end there
+            recorded = study.run_settings(t.trial_id)
+            same = recorded.get("monitor") in (None, self.monitor)
+            values = [o.metrics.get(self.monitor, o.value if same else None) for o in obs]
+            if any(v is None for v in values):
+                log.warning("Not learning from recorded trial %s: it monitored %r and did not log the tuner's %r "
+                            "(it logged %s).", t.trial_id, recorded.get("monitor"), self.monitor,
+                            sorted(obs[0].metrics))
+                continue
+            if not same or recorded.get("mode") not in (None, self.mode):
+                other.append(f"{t.trial_id} ({recorded.get('monitor')}, mode {recorded.get('mode')})")
+            run: dict[str, Any] = {"config": config, "curve": values}
             if self.method.uses_weights:
                 start = study.start_weights_path(t.trial_id)
                 if start is None or any(o.snapshot is None for o in obs):
+                    log.warning("Not learning from recorded trial %s: %s needs its weight snapshots, and its "
+                                "starting weights were not recorded.", t.trial_id, self.method.value)
                     continue
                 run["weights"] = [str(study.path / start)] + [str(study.path / str(o.snapshot)) for o in obs]
             runs.append(run)
+        if other:
+            log.warning("Recorded trials %s were run with another monitor or mode; the tuner learns their logged %r "
+                        "as values to %simise.", ", ".join(other), self.monitor, self.mode)
         if runs:
             opt.pretrain(runs)
             log.info("Pretrained the surrogate on %d run(s) recorded in the study.", len(runs))
         return len(runs)
 
     def _restore(self, opt: FMSOptimizer, study: Study) -> list[Suggestion]:
-        """Bring the optimizer up to date with the study; returns the suggestions still to train."""
+        """Bring the optimizer up to date with the study; returns the suggestions still to train.
+
+        Runs recorded by ``WeightSnapshot`` since the last ``fit`` (or before the
+        first) are learned from: the surrogate is pretrained again on all of them.
+        """
         state = study.load_tuner_state()
         if state is not None:
             opt.load_state_dict(state)
-        else:
+        recorded = [t.trial_id for t in study.trials() if t.opt_trial_id is None]
+        seen = set(study.get_meta("recorded_runs_seen", []))
+        new = [tid for tid in recorded if tid not in seen]
+        if new:
+            if state is not None:
+                log.warning("Trials %s were recorded into the study since it was last tuned; pretraining the "
+                            "surrogate again on every recorded run.", new)
             self._pretrain_from_recorded_runs(opt, study)
+            study.set_meta("recorded_runs_seen", recorded)
+            study.save_tuner_state(opt.state_dict())
         for t in study.trials():  # what was committed after the last saved optimizer state
             if t.opt_trial_id not in opt.trial_ids:
                 continue
@@ -418,8 +469,9 @@ class FMSTuner:
             stored = study.get_meta("tuner_settings")
             if stored is not None and stored != self._settings():
                 raise ConfigurationError(
-                    f"The study at {str(self.study_dir)!r} was created with other settings ({stored}); "
-                    "use a new study_dir, or the same settings to continue it."
+                    f"The study at {str(self.study_dir)!r} was created with other settings: "
+                    f"{_settings_diff(stored, self._settings())}. Use a new study_dir, or the study's settings "
+                    "to continue it."
                 )
             if study.schema_version < 2 and any(t.opt_trial_id is not None for t in study.trials()):
                 raise ConfigurationError(
@@ -510,29 +562,85 @@ class FMSTuner:
             study.set_status(spec.study_trial, TrialStatus.COMPLETED if done else TrialStatus.PAUSED)
             failures.clear()
             return
-        log.warning("Trial %s failed: %s", spec.study_trial, result.error)
+        trace = self._save_traceback(result)
+        log.warning("Trial %s failed: %s%s", spec.study_trial, result.error,
+                    f" (traceback: {trace})" if trace is not None else "")
         study.set_status(spec.study_trial, TrialStatus.FAILED, reason=result.error)
         with contextlib.suppress(FMSError):
             self._tell(opt, study, spec.opt_trial, spec.study_trial)
         opt.mark_failed(spec.opt_trial, result.error)
         study.save_tuner_state(opt.state_dict())
         failures.append(f"trial {spec.study_trial}: {result.error}")
+        if len(failures) == 1:
+            self._first_failure = (spec.study_trial, trace, result.traceback)
         if len(failures) >= self.max_consecutive_failures:
+            first, path, text = self._first_failure
+            shown = ""
+            if text:
+                lines = text.rstrip().splitlines()
+                cut = ["  ..."] if len(lines) > 40 else []
+                shown = f"\nTraceback of trial {first}, the first of them" + (f" (in full in {path})" if path else "") \
+                    + ":\n" + "\n".join(cut + lines[-40:])
             raise TrialFailedError(
-                f"{len(failures)} trials in a row failed; stopping. Reasons:\n  " + "\n  ".join(failures)
+                f"{len(failures)} trials in a row failed; stopping. Reasons:\n  " + "\n  ".join(failures) + shown
             )
+
+    def _save_traceback(self, result: SegmentResult) -> Path | None:
+        """Write a failed segment's traceback to ``STUDY_DIR/failures/trial_NNNNN.txt``; its path."""
+        if not result.traceback:
+            return None
+        path = self.study_dir / "failures" / f"trial_{result.spec.study_trial:05d}.txt"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"Trial {result.spec.study_trial}, config {result.spec.config}, epochs "
+                            f"{result.spec.start_epoch}->{result.spec.target}, on {result.worker}\n\n{result.traceback}")
+        except OSError:
+            return None
+        return path
 
     def _result(self, study: Study) -> TuneResult:
         board = leaderboard(study, self.mode, trials=[t for t in study.trials() if t.opt_trial_id is not None])
         if not board or board[0].best_value is None:
             reasons = [f"trial {r.trial_id}: {r.reason}" for r in board if r.reason]
-            raise TrialFailedError("Every trial failed. Reasons:\n  " + "\n  ".join(reasons or ["(none recorded)"]))
-        top = board[0]
-        snap = next(o.snapshot for o in study.observations(top.trial_id) if o.epoch == top.best_epoch)
+            where = self.study_dir / "failures"
+            hint = f"\nTracebacks are in {where}." if where.is_dir() else ""
+            raise TrialFailedError("Every trial failed. Reasons:\n  " + "\n  ".join(reasons or ["(none recorded)"])
+                                   + hint)
         plot = plot_study(study, self.mode, self.study_dir / "study.png", monitor=self.monitor)
-        assert top.best_epoch is not None and top.best_value is not None
-        return TuneResult(
-            best_trial_id=top.trial_id, best_config=top.config, best_hub_entry=top.hub_entry,
-            best_epoch=top.best_epoch, best_value=top.best_value, best_checkpoint=str(study.path / str(snap)),
-            leaderboard=board, budget_used=study.budget_used(tuner_only=True), study_dir=str(self.study_dir), plot=plot,
+        result = best_result(study, self.mode, tuner_only=True)
+        return replace(result, study_dir=str(self.study_dir), plot=plot)
+
+
+def _settings_diff(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    """``"max_epochs_per_trial is 10 in the study, 8 here"``, for each setting that differs."""
+    parts = []
+    for key in sorted(set(stored) | set(current)):
+        old, new = stored.get(key), current.get(key)
+        if old == new:
+            continue
+        if key == "space" and isinstance(old, Mapping) and isinstance(new, Mapping):
+            dims = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            parts.append(f"the search space differs in {', '.join(repr(d) for d in dims)} "
+                         f"(study: {[old.get(d) for d in dims]}, here: {[new.get(d) for d in dims]})")
+        else:
+            parts.append(f"{key} is {old!r} in the study, {new!r} here")
+    return "; ".join(parts)
+
+
+def _check_datamodule_class(factory: _DataModuleFromClass, space: SearchSpace) -> None:
+    """Refuse a DataModule class whose required ``__init__`` arguments the space does not give.
+
+    Raises:
+        ConfigurationError: Naming the missing arguments.
+    """
+    import inspect
+
+    params = inspect.signature(factory.cls.__init__).parameters
+    missing = [n for n in factory.names if params[n].default is inspect.Parameter.empty and n not in space.names]
+    if missing:
+        raise ConfigurationError(
+            f"datamodule={factory.cls.__name__} is a class, which the tuner instantiates per trial with the "
+            f"config values its __init__ names, but it requires {missing}, which the search space "
+            f"{list(space.names)} does not have. Give those arguments defaults, or pass "
+            f"datamodule=lambda config: {factory.cls.__name__}(...)."
         )

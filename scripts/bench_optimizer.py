@@ -70,7 +70,8 @@ def _make(method: str, n_obs: int, n_candidates: int, hub: dict) -> FMSOptimizer
     kw = {}
     if method.startswith("fms"):
         kw = dict(model_factory=_factory, starting_weights_fn=lambda c: hub[c["model"]])
-    opt = FMSOptimizer(space, max_epochs=EPOCHS, method=method, seed=0, n_candidates=n_candidates, **kw)
+    opt = FMSOptimizer(space, max_epochs=EPOCHS, method=method, seed=0, n_candidates=n_candidates,
+                       surrogate_threads=None, **kw)  # --threads governs the surrogate too
     _prefill(opt, hub, n_obs, np.random.default_rng(0))
     opt.suggest()  # first fit (not timed): a fresh model; warm refits from here on
     return opt

@@ -133,7 +133,8 @@ def test_observe_validation():
         (dict(method="fms-gmn"), "graph_fn"),
         (dict(mode="up"), "mode='up'"),
         (dict(max_epochs=0), "max_epochs=0"),
-        (dict(kernel="cosine"), "kernel='cosine'"),
+        (dict(method="dyhpo", kernel="cosine"), "kernel='cosine'"),
+        (dict(method="dyhpo", surrogate_threads=0), "surrogate_threads"),
     ],
 )
 def test_constructor_validation(kwargs, match):
@@ -345,3 +346,61 @@ def test_trial_and_pending_report_what_the_optimizer_knows():
     assert set(opt.trial_ids) >= {a.trial_id, b.trial_id}
     with pytest.raises(ConfigurationError, match="Unknown trial_id"):
         opt.trial(10_000)
+
+
+def test_default_method_is_fms_gmn_as_in_the_tuner():
+    import inspect
+
+    from fms_lightning.tuner import FMSTuner
+
+    default = inspect.signature(FMSOptimizer).parameters["method"].default
+    assert default == inspect.signature(FMSTuner).parameters["method"].default == "fms-gmn"
+    with pytest.raises(ConfigurationError, match="graph_fn.*method='dyhpo'"):
+        FMSOptimizer(SPACE, max_epochs=3)  # the weight hooks are needed, and the message names the way out
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_surrogate_work_runs_with_capped_threads_and_restores_the_callers(monkeypatch, threads):
+    inside = []
+    fit = Surrogate.fit
+
+    def spy(self, *args, **kwargs):
+        inside.append(torch.get_num_threads())
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Surrogate, "fit", spy)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        opt = _opt("dyhpo", surrogate_threads=threads)
+        _drive(opt, 3)
+        opt.predict([SPACE.sample(1, rng=np.random.default_rng(0))[0]])
+        assert inside and set(inside) == {threads}
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_are_restored_when_the_surrogate_raises_and_none_keeps_torchs_setting(monkeypatch):
+    before = torch.get_num_threads()
+    seen = []
+
+    def broken(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("boom")
+
+    try:
+        torch.set_num_threads(3)
+        opt = _opt("dyhpo")
+        _drive(opt, 1)
+        monkeypatch.setattr(Surrogate, "fit", broken)
+        with pytest.raises(RuntimeError, match="boom"):
+            opt.suggest()
+        assert seen == [1] and torch.get_num_threads() == 3
+        opt = _opt("dyhpo", surrogate_threads=None)
+        _drive(opt, 1)
+        with pytest.raises(RuntimeError, match="boom"):
+            opt.suggest()
+        assert seen == [1, 3] and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

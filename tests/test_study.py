@@ -137,3 +137,17 @@ def test_sigkill_at_any_moment_leaves_a_consistent_study(tmp_path, delay: float)
         # The study can be continued.
         study.add_observation(1, len(obs) + 1, 0.0)
         assert study._query("PRAGMA integrity_check")[0][0] == "ok"
+
+
+def test_a_closed_study_leaves_no_wal_files_even_after_readers(tmp_path) -> None:
+    """`status` (a reader) used to leave study.sqlite-wal and -shm behind."""
+    with Study(tmp_path / "s") as study:
+        study.add_observation(study.add_trial({"lr": 0.1}), 1, 0.5)
+        with Study(tmp_path / "s", readonly=True) as reader:  # a reader while the writer is open
+            assert len(reader.observations()) == 1
+    with Study(tmp_path / "s", readonly=True) as reader:  # and one after
+        assert len(reader.observations()) == 1
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [".lock", "study.sqlite"]
+    with Study(tmp_path / "s") as study:  # the next writer is in WAL mode again, with the rows intact
+        assert study._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert [o.value for o in study.observations()] == [0.5]

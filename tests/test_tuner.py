@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,18 @@ def test_fit_spends_the_budget_and_reports_the_best(tmp_path) -> None:
     incumbent = [e.value for e in acc.Scalars("tuner/incumbent")]
     assert incumbent == sorted(incumbent) and incumbent[-1] == pytest.approx(result.best_value)
     assert "tuner/surrogate_fit_loss" in acc.Tags()["scalars"]
+    # Each trial's config is in TensorBoard (hparams.yaml and the HParams plugin), and its metrics by epoch.
+    import yaml
+
+    for t in Study(tmp_path / "study", readonly=True).trials():
+        run = tmp_path / "study" / "tensorboard" / "trials" / f"trial_{t.trial_id:05d}"
+        assert yaml.safe_load((run / "hparams.yaml").read_text()) == t.config
+        acc = EventAccumulator(str(run))
+        acc.Reload()
+        epochs = [e.step for e in acc.Scalars("by_epoch/val_acc")]
+        with Study(tmp_path / "study", readonly=True) as study:
+            assert epochs == [o.epoch for o in study.observations(t.trial_id)]
+        assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
 
 
 def test_hub_weights_are_the_starting_weights(tmp_path) -> None:
@@ -261,3 +274,162 @@ def test_pace_waits_only_for_segments_due_before_a_refit(monkeypatch) -> None:
         pace.finished(b, 60.0)
     pace.submitted(b)
     assert pace.wait_seconds([3.0]) == 0.0
+
+
+def test_a_datamodule_class_is_instantiated_per_trial_with_config_values(tmp_path) -> None:
+    """FMSTuner(build, MyDataModule, ...) works as in a recipe (it used to fail every trial)."""
+    seen = []
+
+    class Data(tiny_task.TinyData):
+        def __init__(self, batch_size: int = 16, shuffle_seed: int = 0) -> None:
+            super().__init__(batch_size)
+            seen.append(batch_size)
+
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    result = FMSTuner(tiny_task.build, Data, tiny_task.space(hub), hub, monitor="val_acc", mode="max",
+                      budget_epochs=3, max_epochs_per_trial=2, method="dyhpo", study_dir=tmp_path / "study",
+                      optimizer_kwargs=tiny_task.FAST_OPT, progress=False).fit()
+    assert result.budget_used == 3 and seen
+    with Study(tmp_path / "study", readonly=True) as study:
+        assert {t.config["batch_size"] for t in study.trials()} >= set(seen[:1])
+        assert not study.trials(TrialStatus.FAILED)
+
+
+def test_a_datamodule_class_needing_what_the_space_lacks_is_refused_at_construction(tmp_path) -> None:
+    class Data(tiny_task.TinyData):
+        def __init__(self, root: str, batch_size: int = 16) -> None:
+            super().__init__(batch_size)
+
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    with pytest.raises(ConfigurationError, match=r"requires \['root'\].*lambda config"):
+        FMSTuner(tiny_task.build, Data, tiny_task.space(hub), hub, monitor="val_acc", mode="max", budget_epochs=3,
+                 max_epochs_per_trial=2, study_dir=tmp_path / "study")
+    with pytest.raises(ConfigurationError, match="LightningDataModule class"):
+        FMSTuner(tiny_task.build, 42, tiny_task.space(hub), hub, monitor="val_acc", mode="max", budget_epochs=3,
+                 max_epochs_per_trial=2, study_dir=tmp_path / "study")
+
+
+def test_consecutive_failures_show_the_first_failing_trials_traceback(tmp_path) -> None:
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    space = tiny_task.space(hub, fail=Choice(values=("raise",)))
+    with pytest.raises(TrialFailedError) as info:
+        _tuner(tmp_path, space=space, max_consecutive_failures=2).fit()
+    message = str(info.value)
+    assert "2 trials in a row failed" in message
+    assert "Traceback of trial 1" in message and "in training_step" in message and "planned failure" in message
+    saved = tmp_path / "study" / "failures" / "trial_00001.txt"
+    assert str(saved) in message and "in training_step" in saved.read_text()
+
+
+def test_resuming_with_other_settings_names_the_setting_that_differs(tmp_path) -> None:
+    _tuner(tmp_path, budget=1).fit()
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    other = FMSTuner(tiny_task.build, tiny_task.datamodule, tiny_task.space(hub), hub, monitor="val_acc", mode="max",
+                     budget_epochs=2, max_epochs_per_trial=2, method="dyhpo", study_dir=tmp_path / "study",
+                     optimizer_kwargs=tiny_task.FAST_OPT, progress=False)
+    with pytest.raises(ConfigurationError, match=r"max_epochs_per_trial is 3 in the study, 2 here\. Use a new") as info:
+        other.fit()
+    assert "'space'" not in str(info.value) and "seed" not in str(info.value)
+
+
+def test_build_is_called_once_per_hub_entry_by_the_tuner_and_once_per_segment(tmp_path) -> None:
+    calls: Counter[str] = Counter()
+
+    def build(config, entry):
+        calls[entry.name] += 1
+        return tiny_task.build(config, entry)
+
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    tuner = FMSTuner(build, tiny_task.datamodule, tiny_task.space(hub), hub, monitor="val_acc", mode="max",
+                     budget_epochs=3, max_epochs_per_trial=2, method="fms-gmn", study_dir=tmp_path / "study",
+                     optimizer_kwargs=tiny_task.FAST_OPT, progress=False)
+    tuner.fit()
+    segments = Counter(s.spec.config["model"] for s in tuner.segments)
+    assert sum(segments.values()) >= 2
+    for name in hub.names:
+        assert calls[name] == (1 if name in tuner._start_cache else 0) + segments[name], (name, calls, segments)
+
+
+class _TwoMetrics(tiny_task.TinyModule):
+    """Logs val_loss as well as val_acc."""
+
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.cross_entropy(self(x), y))
+
+
+def _record(study_dir, hub, *, epochs=2, module_cls=tiny_task.TinyModule, **snapshot):
+    import lightning.pytorch as pl
+
+    from fms_lightning.callbacks import WeightSnapshot
+
+    module = module_cls(hub["mlp8"].build(), 0.05)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[WeightSnapshot(study_dir, **snapshot)])
+    trainer.fit(module, datamodule=tiny_task.TinyData())
+
+
+def _pretrained_runs(monkeypatch):
+    from fms_lightning.optimizer import FMSOptimizer
+
+    calls = []
+    original = FMSOptimizer.pretrain
+
+    def spy(self, trials, **kw):
+        trials = list(trials)
+        calls.append(trials)
+        return original(self, trials, **kw)
+
+    monkeypatch.setattr(FMSOptimizer, "pretrain", spy)
+    return calls
+
+
+def test_weight_snapshot_hub_entry_fills_the_hub_dimension(tmp_path, monkeypatch, caplog) -> None:
+    """The README's WeightSnapshot(..., config=hparams, hub_entry=...) is learned from (it used to be skipped)."""
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    _record(tmp_path / "study", hub, monitor="val_acc", config={"lr": 0.05, "batch_size": 16, "other": 1},
+            hub_entry=hub["mlp8"], epochs=4)  # longer than the tuner's trials: its first 3 epochs are used
+    calls = _pretrained_runs(monkeypatch)
+    with caplog.at_level("WARNING", logger="fms_lightning.tuner"):
+        _tuner(tmp_path, method="fms-gmn", budget=1).fit()
+    assert len(calls) == 1 and len(calls[0]) == 1
+    assert calls[0][0]["config"] == {"model": "mlp8", "lr": 0.05, "batch_size": 16}
+    assert len(calls[0][0]["curve"]) == 3 and len(calls[0][0]["weights"]) == 4
+    assert not [r for r in caplog.records if r.name == "fms_lightning.tuner" and r.levelname == "WARNING"]
+
+
+def test_recorded_runs_are_learned_in_the_tuners_monitor_with_a_warning(tmp_path, monkeypatch, caplog) -> None:
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    config = {"model": "mlp8", "lr": 0.05, "batch_size": 16}
+    _record(tmp_path / "study", hub, module_cls=_TwoMetrics, monitor="val_acc", mode="max", config=config)
+    _record(tmp_path / "study", hub, monitor="val_acc", config=config)  # never logs val_loss
+    calls = _pretrained_runs(monkeypatch)
+    tuner = FMSTuner(tiny_task.build, tiny_task.datamodule, tiny_task.space(hub), hub, monitor="val_loss", mode="min",
+                     budget_epochs=1, max_epochs_per_trial=3, method="dyhpo", study_dir=tmp_path / "study",
+                     optimizer_kwargs=tiny_task.FAST_OPT, progress=False)
+    with caplog.at_level("WARNING", logger="fms_lightning.tuner"):
+        with pytest.raises(MissingMetricError):  # TinyModule (the tuner's build) logs no val_loss; pretraining came first
+            tuner.fit()
+    with Study(tmp_path / "study", readonly=True) as study:
+        losses = [o.metrics["val_loss"] for o in study.observations(1)]
+        accs = [o.value for o in study.observations(1)]
+    assert len(calls) == 1 and [r["curve"] for r in calls[0]] == [losses] and losses != accs
+    text = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "Not learning from recorded trial 2" in text and "'val_loss'" in text
+    assert "Recorded trials 1 (val_acc, mode max)" in text
+
+
+def test_runs_recorded_after_tuning_are_learned_on_the_next_fit(tmp_path, monkeypatch, caplog) -> None:
+    hub = tiny_task.make_hub(tmp_path / "hub")
+    calls = _pretrained_runs(monkeypatch)
+    _tuner(tmp_path, budget=2).fit()
+    assert calls == []
+    _record(tmp_path / "study", hub, monitor="val_acc", config={"lr": 0.05, "batch_size": 16}, hub_entry="mlp16")
+    with caplog.at_level("WARNING", logger="fms_lightning.tuner"):
+        assert _tuner(tmp_path, budget=3).fit().budget_used == 3
+    assert len(calls) == 1 and calls[0][0]["config"]["model"] == "mlp16"
+    assert any("recorded into the study since it was last tuned" in r.getMessage() for r in caplog.records)
+    _tuner(tmp_path, budget=4).fit()
+    assert len(calls) == 1  # already learned from: not again

@@ -46,7 +46,11 @@ def run_sweep_recipe(
     used as in the demo (``trainer.max_epochs`` is the epochs per trial). Optional
     keys: ``monitor`` (default ``val_acc``), ``mode`` (``max``), and ``module`` /
     ``datamodule`` as ``pkg.mod:callable`` to sweep another model:
-    ``module(point, **model)`` and ``datamodule(**data)``.
+    ``module(point, **model)`` and ``datamodule(**data)``. Without ``datamodule``,
+    ``data`` configures scikit-learn's bundled ``digits``, ``wine`` or
+    ``breast_cancer`` (``SklearnDataModule``): as 8x8 images for the built-in
+    DigitsCNN, as feature vectors for a ``module`` of your own (``data.as_image``
+    overrides).
 
     Args:
         cfg: The recipe (a ``DictConfig`` or a dict).
@@ -82,16 +86,24 @@ def run_sweep_recipe(
     max_epochs = int(trainer.pop("max_epochs"))
     if "module" in cfg:
         factory = functools.partial(_import(cfg.module), **model)
-        dm = _import(cfg.datamodule)(**data) if "datamodule" in cfg else None
-        if dm is None:
-            raise ConfigurationError("A sweep recipe with 'module' also needs 'datamodule: pkg.mod:callable'.")
     else:
         from fms_lightning.examples.digits import DigitsCNN
+
+        factory = functools.partial(DigitsCNN, variant=str(cfg.get("variant", "optax")), **model)
+    if "datamodule" in cfg:
+        dm = _import(cfg.datamodule)(**data)
+    else:  # scikit-learn's bundled data: digits as 8x8 images for DigitsCNN, any dataset as vectors for a module
         from fms_lightning.examples.sklearn_data import SklearnDataModule
 
-        name = data.pop("name", "digits")
-        dm = SklearnDataModule(name, seed=seed, as_image=True, **data)
-        factory = functools.partial(DigitsCNN, variant=str(cfg.get("variant", "optax")), **model)
+        name = str(data.pop("name", "digits"))
+        as_image = bool(data.pop("as_image", name == "digits" and "module" not in cfg))
+        if "module" not in cfg and not as_image:
+            raise ConfigurationError(
+                f"The built-in model, DigitsCNN, takes 8x8 digits images, so data.name={name!r} needs a model of "
+                "your own: add 'module: pkg.mod:factory' (called as factory(point, **model), returning a "
+                "NAdamWListModule), and optionally 'datamodule: pkg.mod:callable' (called with **data)."
+            )
+        dm = SklearnDataModule(name, seed=seed, as_image=as_image, **data)
     monitor, mode = str(cfg.get("monitor", "val_acc")), str(cfg.get("mode", "max"))
     where = " on Ray" if executor == "ray" else ""
     print(f"Sweeping the first {top} presets ({parallel} at a time{where}), {max_epochs} epochs each, "

@@ -11,7 +11,7 @@ import pytest
 from fms_lightning.errors import ConfigurationError, MissingMetricError, TrialFailedError
 from fms_lightning.examples.digits import DigitsCNN
 from fms_lightning.examples.sklearn_data import SklearnDataModule
-from fms_lightning.optim import NADAMW_LIST, dump_hparam_list
+from fms_lightning.optim import NADAMW_LIST, NAdamWListModule, dump_hparam_list
 from fms_lightning.optim.sweep import SweepResult, SweepTrial, sweep
 from fms_lightning.optim.sweep_cli import register, run_sweep_recipe
 
@@ -123,3 +123,32 @@ def test_cli_module_does_not_import_lightning() -> None:
 
     code = "import sys, fms_lightning.optim.sweep_cli, fms_lightning.optim.lists; print('lightning' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+class TabularMLP(NAdamWListModule):  # a user's own model, for feature vectors
+    def __init__(self, preset=1, *, features: int = 13, classes: int = 3) -> None:
+        import torch.nn as nn
+
+        super().__init__(preset)
+        self.net = nn.Sequential(nn.Linear(features, 16), nn.ReLU(), nn.Linear(16, classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_acc", (self(x).argmax(-1) == y).float().mean())
+
+
+def test_recipe_on_tabular_data_does_not_force_images(capsys) -> None:
+    """A demo-format recipe with data.name: wine and a module of the user's own (it used to demand as_image)."""
+    cfg = {"module": "tests.optim.test_sweep:TabularMLP", "data": {"name": "wine", "batch_size": 32},
+           "model": {"features": 13}, "trainer": {"max_epochs": 2}}
+    result = run_sweep_recipe(cfg, top=1)
+    assert len(result.trials[0].values) == 2 and result.trials[0].error is None
+    with pytest.raises(ConfigurationError, match=r"data.name='wine' needs a model of your own: add 'module:"):
+        run_sweep_recipe({"data": {"name": "wine"}, "model": {}, "trainer": {"max_epochs": 1}}, top=1)
