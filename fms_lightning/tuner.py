@@ -19,7 +19,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
+import uuid
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -29,7 +32,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 
-from fms_lightning.errors import ConfigurationError, FMSError, TrialFailedError
+from fms_lightning.errors import ConfigurationError, FMSError, StudyError, StudyLockedError, TrialFailedError
 from fms_lightning.executors import LocalExecutor, LostWorker, RayExecutor, RayFailure, RefitPacer
 from fms_lightning.hub import ModelHub
 from fms_lightning.optimizer import FMSOptimizer, Method, Suggestion
@@ -38,7 +41,7 @@ from fms_lightning.segment import (
     BuildFn, DataModuleLike, SegmentResult, SegmentRunner, SegmentSpec, load_hub_weights, quiet_lightning,
 )
 from fms_lightning.space import SearchSpace
-from fms_lightning.storage import Storage
+from fms_lightning.storage import Storage, clean_stale_scratch
 from fms_lightning.study import Study, TrialStatus
 
 __all__ = ["FMSTuner", "load_hub_weights"]
@@ -76,6 +79,24 @@ def _run_segment(runner: SegmentRunner, spec: SegmentSpec) -> SegmentResult:
     return runner.run(spec)
 
 
+def _check_extra_kwargs(optimizer_kwargs: Mapping[str, Any] | None, trainer_kwargs: Mapping[str, Any] | None) -> None:
+    """Refuse unknown or mistyped FMSOptimizer / Trainer options before anything runs."""
+    from fms_lightning._kwargs import check_kwargs, check_trainer_kwargs
+
+    check_kwargs(FMSOptimizer, dict(optimizer_kwargs or {}), where="optimizer", what="an FMSOptimizer option",
+                 reserved=("space", "max_epochs", "method", "mode", "seed"),
+                 reserved_hint="the tuner passes it; use FMSTuner's (or the recipe's) own key of that name "
+                 "(max_epochs_per_trial for max_epochs)")
+    check_trainer_kwargs(dict(trainer_kwargs or {}), reserved=("max_epochs",), construct=False,
+                         reserved_hint="the tuner trains each segment to its target epoch; use max_epochs_per_trial")
+
+
+def _new_study_id(study_dir: Path) -> str:
+    """A fresh id for a study: its folder's name (for people) and random hex (for uniqueness)."""
+    stem = re.sub(r"[^A-Za-z0-9_.+-]", "_", study_dir.resolve().name)[:40].lstrip(".") or "study"
+    return f"{stem}-{uuid.uuid4().hex[:12]}"
+
+
 class FMSTuner:
     """Tune hyperparameters and the choice of pretrained model with FMS on Lightning.
 
@@ -102,7 +123,7 @@ class FMSTuner:
             arguments (``n_candidates``, ``learning_curve``, ...).
         progress: Show a progress bar over the budget.
         max_consecutive_failures: Stop with an error after this many trials in a
-            row fail.
+            row fail (an integer >= 1).
         executor: ``"local"`` trains one segment at a time in this process;
             ``"ray"`` trains up to ``max_concurrent`` at once as Ray tasks (needs
             ``pip install 'fms-lightning[ray]'``). Suggestions are pending-aware, so
@@ -111,6 +132,9 @@ class FMSTuner:
         storage: Where checkpoints, snapshots and trial logs are written: a local
             path or an fsspec URL that every worker can reach. Default: ``study_dir``.
             Snapshots are also copied into ``study_dir``, which stays self-contained.
+            Each study writes only under its own folder of the storage
+            (``STORAGE/<study_id>/``, the id kept in the study), so studies may
+            share one storage.
         ray_address: The cluster to connect to when Ray is not yet initialised
             (``None``: ``RAY_ADDRESS``, else a local runtime). Call ``ray.init``
             yourself for other options.
@@ -120,7 +144,8 @@ class FMSTuner:
             or node died, before its trial is failed.
 
     Raises:
-        ConfigurationError: For a bad mode, budget, method, executor, or a hub
+        ConfigurationError: For a bad mode, budget, method, executor, an unknown
+            or mistyped ``optimizer_kwargs`` / ``trainer_kwargs`` key, or a hub
             dimension without a hub (each message says what was expected).
 
     >>> tuner = FMSTuner(build, dm, space, hub, monitor="val_acc", mode="max",  # doctest: +SKIP
@@ -186,6 +211,12 @@ class FMSTuner:
         if isinstance(max_lost_worker_retries, bool) or not isinstance(max_lost_worker_retries, int) \
                 or max_lost_worker_retries < 0:
             raise ConfigurationError(f"max_lost_worker_retries must be an integer >= 0, got {max_lost_worker_retries!r}.")
+        if isinstance(max_consecutive_failures, bool) or not isinstance(max_consecutive_failures, int) \
+                or max_consecutive_failures < 1:
+            raise ConfigurationError(
+                f"max_consecutive_failures must be an integer >= 1, got {max_consecutive_failures!r}."
+            )
+        _check_extra_kwargs(optimizer_kwargs, trainer_kwargs)
         if space.hub_name is not None:
             if hub is None:
                 raise ConfigurationError(
@@ -212,6 +243,7 @@ class FMSTuner:
         self.resources_per_trial = dict(resources_per_trial or {})
         self.max_lost_worker_retries = max_lost_worker_retries
         self.storage = Storage(storage if storage is not None else self.study_dir)
+        self._storage_base = self.storage  # fit() narrows self.storage to the study's own folder of it
         self.runner = SegmentRunner(build, datamodule, hub, space.hub_name, monitor, self.seed, max_epochs_per_trial,
                                     self.storage, dict(trainer_kwargs or {}))
         self._start_cache: dict[str, dict[str, torch.Tensor]] = {}
@@ -360,11 +392,6 @@ class FMSTuner:
 
     def _restore(self, opt: FMSOptimizer, study: Study) -> list[Suggestion]:
         """Bring the optimizer up to date with the study; returns the suggestions still to train."""
-        state = study.load_tuner_state()
-        if state is not None:
-            opt.load_state_dict(state)
-        else:
-            self._pretrain_from_recorded_runs(opt, study)
         for t in study.trials():  # what was committed after the last saved optimizer state
             if t.opt_trial_id not in opt.trial_ids:
                 continue
@@ -377,6 +404,140 @@ class FMSTuner:
                 study.set_status(t.trial_id, status)
         # Trials the optimizer handed out but that never finished: train them first.
         return opt.pending()
+
+    def _optimizer_from_study(self, study: Study) -> FMSOptimizer:
+        """The optimizer as the study's stored state left it, or rebuilt from the rows when the state is unusable.
+
+        The rows are the source of truth: a missing or corrupt tuner state costs the
+        surrogate's fit and the random stream (later suggestions differ from an
+        uninterrupted run), never an observation.
+        """
+        opt = self._new_optimizer()
+        tuner_trials = [t for t in study.trials() if t.opt_trial_id is not None]
+        try:
+            state = study.load_tuner_state()
+            if state is not None:
+                opt.load_state_dict(state)
+                return opt
+            if not tuner_trials:  # a new study
+                self._pretrain_from_recorded_runs(opt, study)
+                return opt
+            problem = f"The study at {str(study.path)!r} has no tuner state."
+        except (StudyError, ConfigurationError, KeyError, TypeError, ValueError, RuntimeError) as err:
+            problem = str(err) if isinstance(err, StudyError) else (
+                f"The tuner state stored in {str(study.path / 'study.sqlite')!r} does not fit this tuner "
+                f"({type(err).__name__}: {err}).")
+        warnings.warn(f"{problem} Rebuilding it from the study's {len(tuner_trials)} trials and "
+                      f"{study.budget_used(tuner_only=True)} recorded epochs, which are intact; the surrogate is "
+                      "refit, so later suggestions differ from an uninterrupted run.", RuntimeWarning, stacklevel=3)
+        opt = self._new_optimizer()
+        self._pretrain_from_recorded_runs(opt, study)
+        self._rebuild_from_rows(opt, study, tuner_trials)
+        study.save_tuner_state(opt.state_dict())
+        return opt
+
+    def _rebuild_from_rows(self, opt: FMSOptimizer, study: Study, trials: list[Any]) -> None:
+        """Hand the optimizer every trial of the study again, with the epoch it was last asked to reach.
+
+        :meth:`_restore` then feeds it the recorded epochs and failures. A trial that
+        was running when the tuner stopped is pending again, as it would be.
+        """
+        trials = sorted(trials, key=lambda t: t.opt_trial_id)
+        ids = [t.opt_trial_id for t in trials]
+        if ids != list(range(len(ids))):
+            raise StudyError(
+                f"Cannot rebuild the tuner state of the study at {str(study.path)!r}: its trials' optimizer ids "
+                f"{ids} are not 0..{len(ids) - 1}. Continue it in a new study_dir."
+            )
+        for t in trials:
+            done = study.last_epoch(t.trial_id)
+            if t.status in (TrialStatus.PAUSED, TrialStatus.COMPLETED) and done:
+                target = done
+            elif self.method.value == "random":
+                target = self.max_epochs_per_trial
+            else:
+                target = done + 1
+            opt._start(dict(t.config), min(max(target, 1), self.max_epochs_per_trial))  # noqa: SLF001 - same ids
+
+    def _claim_storage(self, study: Study) -> Any:
+        """Point the runner at this study's own folder of a shared ``storage=``; returns the lock held on it.
+
+        With the default storage (the study folder) nothing changes. Otherwise the
+        study writes only under ``STORAGE/<study_id>/``, so studies that share a
+        storage never touch each other's files. A local storage folder is also
+        locked, so two copies of one study folder cannot use it at once.
+        """
+        base = self._storage_base
+        self.storage = base
+        prefix = self._storage_prefix(study)
+        if base.is_url or Path(base.root) != self.study_dir.resolve():
+            self.storage = Storage(base.uri(prefix)) if prefix else base
+            if not prefix:
+                log.warning("The study at %s predates per-study storage folders: its files stay at the root of %s, "
+                            "so do not share that storage with another study.", self.study_dir, base.root)
+        self.runner = replace(self.runner, storage=self.storage)
+        if self.storage is base and not base.is_url:
+            return None
+        local = self.storage.local_path(".lock")
+        if local is None:
+            return None
+        import fcntl
+
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(local, "a+")  # noqa: SIM115 - held until fit() ends
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise StudyLockedError(
+                f"The storage folder {str(local.parent)!r} is in use by another tuner whose study has the same id: "
+                "a copy of this study folder? Give the copy its own storage, or wait for the other run to finish."
+            ) from None
+        return fh
+
+    def _storage_prefix(self, study: Study) -> str:
+        """The study's folder in a shared storage: its id, made with the study ("" for a study made before ids)."""
+        study_id = study.get_meta("study_id")
+        if study_id is None:
+            study_id = _new_study_id(self.study_dir)
+            if any(t.opt_trial_id is not None for t in study.trials()):  # its files are at the storage root
+                study.set_meta("storage_prefix", "")
+            study.set_meta("study_id", study_id)
+        return str(study.get_meta("storage_prefix", study_id))
+
+    def _remove_superseded_checkpoints(self, study: Study) -> None:
+        """Delete checkpoint files of the study's trials that no row names (left by a kill between steps)."""
+        from fms_lightning.segment import checkpoint_relpath
+
+        for t in study.trials():
+            if t.opt_trial_id is None:
+                continue
+            folder = checkpoint_relpath(t.trial_id, 0).rsplit("/", 1)[0]
+            committed = study.checkpoint(t.trial_id)
+            try:
+                files = self.storage.list(folder)
+            except OSError:
+                continue
+            for rel in files:
+                if committed is None or rel != committed[1]:
+                    with contextlib.suppress(OSError):
+                        self.storage.delete(rel)
+
+    def _check_snapshots(self, study: Study) -> None:
+        """Warn about snapshot files that the rows name but that are damaged (header and size checked)."""
+        from fms_lightning.study import check_safetensors_file
+
+        bad = []
+        for o in study.observations():
+            if o.snapshot:
+                try:
+                    check_safetensors_file(study.path / o.snapshot)
+                except StudyError as err:
+                    bad.append(str(err))
+        if bad:
+            warnings.warn(f"{len(bad)} weight snapshot(s) of the study are damaged; the rows are kept, but the "
+                          f"surrogate cannot read these weights and export_best() refuses them. First: {bad[0]}",
+                          RuntimeWarning, stacklevel=3)
 
     def _make_executor(self) -> LocalExecutor | RayExecutor:
         if self.executor == "ray":
@@ -422,7 +583,11 @@ class FMSTuner:
                     "use a new study_dir (WeightSnapshot runs in it can still be read with Study)."
                 )
             study.set_meta("tuner_settings", self._settings())
-            opt = self.optimizer = self._new_optimizer()
+            storage_lock = self._claim_storage(study)
+            clean_stale_scratch()
+            self._remove_superseded_checkpoints(study)
+            self._check_snapshots(study)
+            opt = self.optimizer = self._optimizer_from_study(study)
             unfinished = self._restore(opt, study)
             self.segments, self.suggest_seconds, self.lost_segments = [], [], []
             failures: list[str] = []
@@ -468,6 +633,8 @@ class FMSTuner:
                             writer.add_scalar("tuner/surrogate_fit_loss", fit_loss, used)
             finally:
                 executor.close()
+                if storage_lock is not None:
+                    storage_lock.close()
             return self._result(study)
 
     def _next_spec(self, opt: FMSOptimizer, study: Study, unfinished: list[Suggestion], writer: Any,
