@@ -68,8 +68,15 @@ def run_sweep_recipe(
 
     from fms_lightning.optim.sweep import sweep
 
+    from fms_lightning.examples.demo import validate_demo_recipe
+
     stream = stream if stream is not None else sys.stdout
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    raw = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    cfg = validate_demo_recipe(raw, extra={"monitor": "val_acc", "mode": "max", "module": None, "datamodule": None},
+                               free_blocks="module" in raw, reserved_trainer=(), trainer_default={},
+                               construct_trainer=executor != "ray")
+    if cfg.mode not in ("min", "max"):
+        raise ConfigurationError(f"The sweep recipe's mode must be 'min' or 'max', got {cfg.mode!r}.")
     try:
         data = dict(OmegaConf.to_container(cfg.data, resolve=True))  # type: ignore[arg-type]
         model = dict(OmegaConf.to_container(cfg.model, resolve=True))  # type: ignore[arg-type]
@@ -80,9 +87,9 @@ def run_sweep_recipe(
     if "max_epochs" not in trainer:
         raise ConfigurationError("The sweep recipe needs trainer.max_epochs (epochs per trial).")
     max_epochs = int(trainer.pop("max_epochs"))
-    if "module" in cfg:
+    if cfg.module is not None:
         factory = functools.partial(_import(cfg.module), **model)
-        dm = _import(cfg.datamodule)(**data) if "datamodule" in cfg else None
+        dm = _import(cfg.datamodule)(**data) if cfg.datamodule is not None else None
         if dm is None:
             raise ConfigurationError("A sweep recipe with 'module' also needs 'datamodule: pkg.mod:callable'.")
     else:
