@@ -253,7 +253,13 @@ class SegmentRunner:
                 model cannot take the hub entry's weights.
         """
         entry = self.entry(config)
-        module = self.build(dict(config), entry)
+        try:
+            module = self.build(dict(config), entry)
+        except (KeyboardInterrupt, BuildError):
+            raise
+        except Exception as err:  # noqa: BLE001 - the user's build() broke: every trial would hit it
+            raise BuildError(f"build(config, hub_entry) raised {type(err).__name__}: {err} (config {dict(config)}); "
+                             "it must take (config, hub_entry) and return a LightningModule.") from err
         if not isinstance(module, pl.LightningModule):
             raise BuildError(f"build(config, hub_entry) must return a LightningModule, got {type(module).__name__}.")
         if hasattr(module, "total_epochs") and hasattr(module, "schedule_horizon"):

@@ -217,6 +217,9 @@ class FMSTuner:
                 f"max_consecutive_failures must be an integer >= 1, got {max_consecutive_failures!r}."
             )
         _check_extra_kwargs(optimizer_kwargs, trainer_kwargs)
+        for name, value in (("study_dir", study_dir), ("storage", storage)):
+            if value is not None and not os.fspath(value).strip():
+                raise ConfigurationError(f"{name} must name a folder (or, for storage, a URL), got {value!r}.")
         if space.hub_name is not None:
             if hub is None:
                 raise ConfigurationError(

@@ -98,7 +98,7 @@ def validate_demo_recipe(cfg: DictConfig | dict[str, Any], *, extra: dict[str, A
         fields = [(n, t, dataclasses.field(default_factory=lambda: dict(trainer_default))) if n == "trainer"
                   else (n, t, f) for n, t, f in fields]
     fields += [(k, Any, dataclasses.field(default=v)) for k, v in (extra or {}).items()]
-    schema_cls = dataclasses.make_dataclass("DemoRecipeSchema", fields)
+    schema_cls = dataclasses.make_dataclass("DemoRecipe", fields)
     schema_cls.__module__ = __name__
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema_cls), cfg)
@@ -142,7 +142,10 @@ def resolve_preset_spec(spec: Any) -> NAdamWPoint:
     if isinstance(spec, str) and (".yaml" in spec or ".yml" in spec):
         path, _, rank = spec.partition("#")
         points = load_hparam_list(path)
-        index = int(rank) if rank else 1
+        try:
+            index = int(rank) if rank else 1
+        except ValueError:
+            raise ConfigurationError(f"preset={spec!r}: the rank after '#' must be an integer, got {rank!r}.") from None
         if not 1 <= index <= len(points):
             raise ConfigurationError(f"{path} has ranks 1..{len(points)}; got {index}.")
         return points[index - 1]
@@ -216,13 +219,10 @@ def run_demo(cfg: DictConfig | dict[str, Any], *, stream: TextIO | None = None, 
     """
     stream = stream if stream is not None else sys.stdout
     cfg = validate_demo_recipe(cfg)
-    try:
-        point = resolve_preset_spec(cfg.preset)
-        data_cfg, model_cfg, trainer_cfg = cfg.data, cfg.model, cfg.trainer
-        out_dir = Path(str(cfg.output_dir))
-        seed = int(cfg.seed)
-    except (AttributeError, KeyError) as err:  # omegaconf raises these for missing keys
-        raise ConfigurationError(f"The demo recipe is missing a key: {err}. Start from recipes/digits_demo.yaml.") from err
+    point = resolve_preset_spec(cfg.preset)
+    data_cfg, model_cfg, trainer_cfg = cfg.data, cfg.model, cfg.trainer
+    out_dir = Path(str(cfg.output_dir))
+    seed = int(cfg.seed)
 
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = SklearnDataModule(

@@ -75,6 +75,10 @@ def run_sweep_recipe(
     cfg = validate_demo_recipe(raw, extra={"monitor": "val_acc", "mode": "max", "module": None, "datamodule": None},
                                free_blocks="module" in raw, reserved_trainer=(), trainer_default={},
                                construct_trainer=executor != "ray")
+    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= len(hparam_list):
+        raise ConfigurationError(f"top must be an integer in 1..{len(hparam_list)} (the list's length), got {top!r}.")
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ConfigurationError(f"parallel must be an integer >= 1, got {parallel!r}.")
     if cfg.mode not in ("min", "max"):
         raise ConfigurationError(f"The sweep recipe's mode must be 'min' or 'max', got {cfg.mode!r}.")
     try:
