@@ -334,6 +334,23 @@ def _load_factory(plan: tuple[str, Any], root: Path) -> Callable[..., nn.Module]
     if kind == "import":
         return import_object(what)  # type: ignore[no-any-return]
     path, attr = what
+    _hub_code_object(path, attr)  # load it now, so that a broken file fails here
+    return _HubCodeFactory(path, attr)
+
+
+@dataclass(frozen=True)
+class _HubCodeFactory:
+    """A factory in a Python file of a trusted hub folder; pickles as its path, so Ray workers load it too."""
+
+    path: Path
+    attr: str
+
+    def __call__(self, **kwargs: Any) -> nn.Module:
+        return _hub_code_object(self.path, self.attr)(**kwargs)  # type: ignore[no-any-return]
+
+
+def _hub_code_object(path: Path, attr: str) -> Any:
+    """``attr`` of the hub code file ``path``, which is executed once per process."""
     module_name = f"_fms_hub_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}_{path.stem}"
     module = sys.modules.get(module_name)
     if module is None:
@@ -347,16 +364,12 @@ def _load_factory(plan: tuple[str, Any], root: Path) -> Callable[..., nn.Module]
         except Exception as err:  # noqa: BLE001 - report which file failed
             del sys.modules[module_name]
             raise HubError(f"The hub code file {str(path)!r} raised {type(err).__name__}: {err}") from err
-        try:  # Ray workers cannot import this module by name: ship it by value
-            import cloudpickle
-
-            cloudpickle.register_pickle_by_value(module)
-        except (ImportError, AttributeError, ValueError):
-            pass
     obj: Any = module
     try:
         for part in attr.split("."):
             obj = getattr(obj, part)
     except AttributeError as err:
         raise HubError(f"The hub code file {str(path)!r} has no {attr!r}: {err}") from err
-    return obj  # type: ignore[no-any-return]
+    if not callable(obj):
+        raise HubError(f"{attr!r} in the hub code file {str(path)!r} is not callable.")
+    return obj

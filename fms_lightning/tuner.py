@@ -587,11 +587,16 @@ class FMSTuner:
                 )
             study.set_meta("tuner_settings", self._settings())
             storage_lock = self._claim_storage(study)
-            clean_stale_scratch()
-            self._remove_superseded_checkpoints(study)
-            self._check_snapshots(study)
-            opt = self.optimizer = self._optimizer_from_study(study)
-            unfinished = self._restore(opt, study)
+            try:
+                clean_stale_scratch()
+                self._remove_superseded_checkpoints(study)
+                self._check_snapshots(study)
+                opt = self.optimizer = self._optimizer_from_study(study)
+                unfinished = self._restore(opt, study)
+            except BaseException:
+                if storage_lock is not None:
+                    storage_lock.close()
+                raise
             self.segments, self.suggest_seconds, self.lost_segments = [], [], []
             failures: list[str] = []
             lost: Counter[int] = Counter()

@@ -168,6 +168,9 @@ def test_trust_code_loads_a_factory_from_the_hub_folder(tmp_path) -> None:
         ModelHub.from_directory(tmp_path)
     hub = ModelHub.from_directory(tmp_path, trust_code=True)
     assert hub["local"].build().out_features == 5
+    import pickle
+
+    assert pickle.loads(pickle.dumps(hub))["local"].build().out_features == 5  # e.g. for Ray workers
     outside = tmp_path / "hub2"
     outside.mkdir()
     _hub_dir(outside, [{"name": "esc", "factory": "../models.py:make"}])
@@ -184,3 +187,32 @@ def test_malformed_factories_and_kwargs_are_refused(tmp_path) -> None:
             {"name": "x", "factory": "fms_lightning.examples.hub_models:make", "kwargs": [1]}]))
     with pytest.raises(HubError, match="does not exist or is not a folder"):
         ModelHub.from_directory(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("name", ["evil.pt", "evil.ckpt", "evil.pkl", "evil.safetensors"])
+def test_pickle_payloads_as_hub_weights_are_refused(tmp_path, capsys, name) -> None:
+    import pickle
+
+    payload = {"weight": _Evil()}
+    if name.endswith(".ckpt"):
+        torch.save({"state_dict": payload, "epoch": 3}, tmp_path / name)
+    elif name.endswith(".pt"):
+        torch.save(payload, tmp_path / name)
+    else:  # a raw pickle, also under a safetensors name
+        (tmp_path / name).write_bytes(pickle.dumps(payload))
+    hub = ModelHub.from_directory(_hub_dir(tmp_path, [
+        {"name": "evil", "factory": "fms_lightning.examples.hub_models:make", "kwargs": {"arch": "mlp"},
+         "weights": name}]))
+    with pytest.raises(HubError, match=r"'evil'.*(corrupt|not a weights file|not a safetensors)"):
+        hub["evil"].build()
+    assert "unpickled!" not in capsys.readouterr().out
+
+
+def test_a_weights_symlink_that_leaves_the_folder_is_refused(tmp_path) -> None:
+    inner = tmp_path / "hub"
+    inner.mkdir()
+    save_file(make_mlp().state_dict(), str(tmp_path / "outside.safetensors"))
+    (inner / "w.safetensors").symlink_to(tmp_path / "outside.safetensors")
+    with pytest.raises(HubError, match="escapes the hub folder"):
+        ModelHub.from_directory(_hub_dir(inner, [
+            {"name": "x", "factory": "fms_lightning.examples.hub_models:make", "weights": "w.safetensors"}]))
