@@ -19,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import time
-import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -32,7 +30,8 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 
-from fms_lightning.errors import ConfigurationError, FMSError, StudyError, StudyLockedError, TrialFailedError
+from fms_lightning import _resume
+from fms_lightning.errors import ConfigurationError, FMSError, StudyError, TrialFailedError
 from fms_lightning.executors import LocalExecutor, LostWorker, RayExecutor, RayFailure, RefitPacer
 from fms_lightning.hub import ModelHub
 from fms_lightning.optimizer import FMSOptimizer, Method, Suggestion
@@ -89,12 +88,6 @@ def _check_extra_kwargs(optimizer_kwargs: Mapping[str, Any] | None, trainer_kwar
                  "(max_epochs_per_trial for max_epochs)")
     check_trainer_kwargs(dict(trainer_kwargs or {}), reserved=("max_epochs",), construct=False,
                          reserved_hint="the tuner trains each segment to its target epoch; use max_epochs_per_trial")
-
-
-def _new_study_id(study_dir: Path) -> str:
-    """A fresh id for a study: its folder's name (for people) and random hex (for uniqueness)."""
-    stem = re.sub(r"[^A-Za-z0-9_.+-]", "_", study_dir.resolve().name)[:40].lstrip(".") or "study"
-    return f"{stem}-{uuid.uuid4().hex[:12]}"
 
 
 class FMSTuner:
@@ -435,112 +428,10 @@ class FMSTuner:
                       "refit, so later suggestions differ from an uninterrupted run.", RuntimeWarning, stacklevel=3)
         opt = self._new_optimizer()
         self._pretrain_from_recorded_runs(opt, study)
-        self._rebuild_from_rows(opt, study, tuner_trials)
+        _resume.rebuild_trials(opt, study, tuner_trials, random=self.method is Method.RANDOM,
+                               max_epochs=self.max_epochs_per_trial)
         study.save_tuner_state(opt.state_dict())
         return opt
-
-    def _rebuild_from_rows(self, opt: FMSOptimizer, study: Study, trials: list[Any]) -> None:
-        """Hand the optimizer every trial of the study again, with the epoch it was last asked to reach.
-
-        :meth:`_restore` then feeds it the recorded epochs and failures. A trial that
-        was running when the tuner stopped is pending again, as it would be.
-        """
-        trials = sorted(trials, key=lambda t: t.opt_trial_id)
-        ids = [t.opt_trial_id for t in trials]
-        if ids != list(range(len(ids))):
-            raise StudyError(
-                f"Cannot rebuild the tuner state of the study at {str(study.path)!r}: its trials' optimizer ids "
-                f"{ids} are not 0..{len(ids) - 1}. Continue it in a new study_dir."
-            )
-        for t in trials:
-            done = study.last_epoch(t.trial_id)
-            if t.status in (TrialStatus.PAUSED, TrialStatus.COMPLETED) and done:
-                target = done
-            elif self.method.value == "random":
-                target = self.max_epochs_per_trial
-            else:
-                target = done + 1
-            opt._start(dict(t.config), min(max(target, 1), self.max_epochs_per_trial))  # noqa: SLF001 - same ids
-
-    def _claim_storage(self, study: Study) -> Any:
-        """Point the runner at this study's own folder of a shared ``storage=``; returns the lock held on it.
-
-        With the default storage (the study folder) nothing changes. Otherwise the
-        study writes only under ``STORAGE/<study_id>/``, so studies that share a
-        storage never touch each other's files. A local storage folder is also
-        locked, so two copies of one study folder cannot use it at once.
-        """
-        base = self._storage_base
-        self.storage = base
-        prefix = self._storage_prefix(study)
-        if base.is_url or Path(base.root) != self.study_dir.resolve():
-            self.storage = Storage(base.uri(prefix)) if prefix else base
-            if not prefix:
-                log.warning("The study at %s predates per-study storage folders: its files stay at the root of %s, "
-                            "so do not share that storage with another study.", self.study_dir, base.root)
-        self.runner = replace(self.runner, storage=self.storage)
-        if self.storage is base and not base.is_url:
-            return None
-        local = self.storage.local_path(".lock")
-        if local is None:
-            return None
-        import fcntl
-
-        local.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(local, "a+")  # noqa: SIM115 - held until fit() ends
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
-            raise StudyLockedError(
-                f"The storage folder {str(local.parent)!r} is in use by another tuner whose study has the same id: "
-                "a copy of this study folder? Give the copy its own storage, or wait for the other run to finish."
-            ) from None
-        return fh
-
-    def _storage_prefix(self, study: Study) -> str:
-        """The study's folder in a shared storage: its id, made with the study ("" for a study made before ids)."""
-        study_id = study.get_meta("study_id")
-        if study_id is None:
-            study_id = _new_study_id(self.study_dir)
-            if any(t.opt_trial_id is not None for t in study.trials()):  # its files are at the storage root
-                study.set_meta("storage_prefix", "")
-            study.set_meta("study_id", study_id)
-        return str(study.get_meta("storage_prefix", study_id))
-
-    def _remove_superseded_checkpoints(self, study: Study) -> None:
-        """Delete checkpoint files of the study's trials that no row names (left by a kill between steps)."""
-        from fms_lightning.segment import checkpoint_relpath
-
-        for t in study.trials():
-            if t.opt_trial_id is None:
-                continue
-            folder = checkpoint_relpath(t.trial_id, 0).rsplit("/", 1)[0]
-            committed = study.checkpoint(t.trial_id)
-            try:
-                files = self.storage.list(folder)
-            except OSError:
-                continue
-            for rel in files:
-                if committed is None or rel != committed[1]:
-                    with contextlib.suppress(OSError):
-                        self.storage.delete(rel)
-
-    def _check_snapshots(self, study: Study) -> None:
-        """Warn about snapshot files that the rows name but that are damaged (header and size checked)."""
-        from fms_lightning.study import check_safetensors_file
-
-        bad = []
-        for o in study.observations():
-            if o.snapshot:
-                try:
-                    check_safetensors_file(study.path / o.snapshot)
-                except StudyError as err:
-                    bad.append(str(err))
-        if bad:
-            warnings.warn(f"{len(bad)} weight snapshot(s) of the study are damaged; the rows are kept, but the "
-                          f"surrogate cannot read these weights and export_best() refuses them. First: {bad[0]}",
-                          RuntimeWarning, stacklevel=3)
 
     def _make_executor(self) -> LocalExecutor | RayExecutor:
         if self.executor == "ray":
@@ -586,11 +477,12 @@ class FMSTuner:
                     "use a new study_dir (WeightSnapshot runs in it can still be read with Study)."
                 )
             study.set_meta("tuner_settings", self._settings())
-            storage_lock = self._claim_storage(study)
+            self.storage, storage_lock = _resume.claim_storage(self._storage_base, study, self.study_dir)
+            self.runner = replace(self.runner, storage=self.storage)
             try:
                 clean_stale_scratch()
-                self._remove_superseded_checkpoints(study)
-                self._check_snapshots(study)
+                _resume.remove_superseded_checkpoints(self.storage, study)
+                _resume.warn_damaged_snapshots(study)
                 opt = self.optimizer = self._optimizer_from_study(study)
                 unfinished = self._restore(opt, study)
             except BaseException:
