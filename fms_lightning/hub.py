@@ -132,6 +132,9 @@ class HubEntry:
     def build(self, *, load_weights: bool = True) -> nn.Module:
         """Build the module and, by default, load the entry's weights strictly.
 
+        This calls the entry's factory: code that :meth:`ModelHub.from_directory`
+        only accepted from its allow-list (or with ``trust_code=True``).
+
         Raises:
             HubError: If the factory fails, does not return an ``nn.Module``, or
                 the weights do not fit the architecture.

@@ -246,7 +246,10 @@ class Study:
 
     Raises:
         StudyLockedError: If another live process is writing this study.
-        StudyError: If ``readonly`` and there is no study at ``path``.
+        StudyError: If ``readonly`` and there is no study at ``path``; if ``path``
+            is a file, or a folder that cannot be read or written; or if
+            ``study.sqlite`` is corrupt or not a study database (one line that
+            names the file and what to do).
 
     >>> import tempfile
     >>> with Study(tempfile.mkdtemp()) as study:
