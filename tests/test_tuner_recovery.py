@@ -77,6 +77,45 @@ def test_two_studies_on_one_storage_keep_their_own_checkpoints(tmp_path) -> None
     assert len(ids) == 2 and {p.name for p in store.iterdir()} == ids  # nothing at the storage root
 
 
+CONCURRENT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {repo!r})
+    from pathlib import Path
+    from tests import tiny_task
+    from fms_lightning.tuner import FMSTuner
+    hub = tiny_task.make_hub(Path({hub!r}))
+    FMSTuner(tiny_task.build, tiny_task.datamodule, tiny_task.space(hub), hub, monitor="val_acc", mode="max",
+             budget_epochs=8, max_epochs_per_trial=3, method="dyhpo", study_dir={study!r}, seed={seed},
+             storage={storage!r}, optimizer_kwargs=tiny_task.FAST_OPT, progress=False).fit()
+    print("finished", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_tuners_at_once_on_one_storage_keep_their_own_checkpoints(tmp_path) -> None:
+    """The issue's reproduction: two studies tuned at the same time with one storage= folder."""
+    tiny_task.make_hub(tmp_path / "hub")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT.format(
+        repo=str(REPO), hub=str(tmp_path / "hub"), study=str(tmp_path / name), seed=seed,
+        storage=str(tmp_path / "shared"))], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, seed in (("A", 0), ("B", 1))]
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert "finished" in out, err[-2000:]
+    for name in "AB":
+        _check_invariants(tmp_path / name, 8)
+        with Study(tmp_path / name, readonly=True) as study:
+            own = tmp_path / "shared" / study.get_meta("study_id")
+            for t in study.trials():
+                found = study.checkpoint(t.trial_id)
+                if found is not None:
+                    ckpt = torch.load(own / found[1], map_location="cpu", weights_only=True)
+                    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(t.config["lr"])
+
+
 def test_a_copy_of_a_study_cannot_share_its_storage_folder_at_once(tmp_path) -> None:
     import fcntl
 
@@ -268,6 +307,7 @@ def test_repeated_sigkills_lose_duplicate_and_change_nothing(tmp_path, method) -
         assert all(rows[key] == value for key, value in seen.items()), "a committed observation was lost or changed"
         seen = rows
     assert killed >= 3
+    print(f"{method}: {killed} SIGKILLs during the run", flush=True)
     done = subprocess.run([sys.executable, "-c", code("study")], env=env, capture_output=True, text=True, timeout=600)
     assert "finished" in done.stdout, done.stderr[-2000:]
     _check_invariants(tmp_path / "study", budget)
