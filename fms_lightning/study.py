@@ -277,7 +277,8 @@ class Study:
                 tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
                 if not {"meta", "trials", "observations"} <= tables:
                     raise StudyError(f"{str(db)!r} is not a study database: it has no study tables (an empty or "
-                                     "foreign SQLite file). Point at a study folder written by fms-lightning.")
+                                     "foreign SQLite file, or a study whose tuner is creating it right now). Point "
+                                     "at a study folder written by fms-lightning.")
             else:
                 self.path.mkdir(parents=True, exist_ok=True)
                 if lock:
