@@ -15,12 +15,30 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from fms_lightning.errors import FMSError
 
 __all__ = ["main"]
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_MAX_ERROR = 600
+
+
+def _one_line(text: str) -> str:
+    """An error message as one line: no terminal colour codes, no line breaks, not endless."""
+    text = " ".join(part.strip() for part in _ANSI.sub("", str(text)).splitlines() if part.strip())
+    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3].rstrip() + "..."
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -54,7 +72,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from fms_lightning.recipe_tune import run_tune_recipe
     from fms_lightning.recipes import load_recipe
 
-    run_tune_recipe(load_recipe(args.recipe, args.overrides))
+    overrides = [*args.overrides, *(["trust_hub_code=true"] if args.trust_hub_code else [])]
+    run_tune_recipe(load_recipe(args.recipe, overrides))
     return 0
 
 
@@ -112,7 +131,7 @@ def _cwd_on_path() -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fms-lightning", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="fms-lightning", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train the digits CNN with one NAdamW-list preset")
@@ -129,6 +148,10 @@ def _parser() -> argparse.ArgumentParser:
     tune = sub.add_parser("tune", help="run Forecasting Model Search from a recipe (the main job; default: the digits hub)")
     tune.add_argument("recipe", nargs="?", default="digits_hub", help="recipe name or YAML path")
     tune.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method=dyhpo budget_epochs=20")
+    tune.add_argument("--trust-hub-code", action="store_true",
+                      help="let the hub folder's manifest run any code it names (its factories); only for hubs "
+                      "whose code you trust. Without it only the library's factories and the recipe's "
+                      "trusted_factories may be used.")
     tune.set_defaults(func=_cmd_tune)
 
     status = sub.add_parser("status", help="summarise a study folder")
@@ -171,12 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _cwd_on_path()
     try:
         return int(args.func(args))
-    except FMSError as err:
-        print(f"fms-lightning: error: {err}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # e.g. `fms-lightning status DIR | head`
         sys.stderr.close()
         return 0
+    except (FMSError, OSError) as err:  # a bad input, or a file that cannot be read or written
+        print(f"fms-lightning: error: {type(err).__name__}: {_one_line(str(err))}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,8 @@ embedded default)::
     budget_epochs: 40
     max_epochs_per_trial: 8
     hub: digits                         # "digits" (embedded, built on first use), a hub folder, or null
+    trusted_factories: []               # factories the hub folder's manifest may name ("pkg.mod:make_cnn")
+    trust_hub_code: false               # let the manifest run any code (--trust-hub-code); trusted hubs only
     module: pkg.mod:build               # build(config, hub_entry) -> LightningModule
     datamodule: pkg.mod:make_dm         # a LightningDataModule class or config -> LightningDataModule
     search_space: {name: {type: ..., ...}}   # see SearchSpace.from_dict; hub values may be "all"
@@ -24,6 +26,12 @@ embedded default)::
     max_concurrent: 1                   # segments at once (ray)
     storage: null                       # checkpoints/snapshots: a path or fsspec URL workers reach (null: study_dir)
     ray_address: null                   # the Ray cluster (null: RAY_ADDRESS, else a local one)
+    max_consecutive_failures: 5         # stop after this many trials in a row fail
+
+A hub folder's manifest names the factories that build its models. Only the
+library's own factories and those listed in ``trusted_factories`` are imported;
+any other is refused before it is imported, unless ``trust_hub_code: true``
+(``fms-lightning tune --trust-hub-code``) says that the hub's code is trusted.
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ class TuneRecipe:
     budget_epochs: int = 40
     max_epochs_per_trial: int = 8
     hub: Any = "digits"
+    trusted_factories: list[str] = field(default_factory=list)
+    trust_hub_code: bool = False
     module: str = "fms_lightning.examples.digits_hub:build_hub_classifier"
     datamodule: str = "fms_lightning.examples.digits_hub:target_datamodule"
     search_space: dict[str, Any] = field(default_factory=dict)
@@ -65,6 +75,7 @@ class TuneRecipe:
     max_concurrent: int = 1
     storage: Any = None
     ray_address: Any = None
+    max_consecutive_failures: int = 5
 
 
 def validate_recipe(cfg: DictConfig | dict[str, Any]) -> DictConfig:
@@ -88,12 +99,14 @@ def validate_recipe(cfg: DictConfig | dict[str, Any]) -> DictConfig:
             hint = f"accepted keys are {', '.join(fields)}"
         raise ConfigurationError(f"Bad tuning recipe key {key!r}: {detail}; {hint}.") from None
     if not merged.search_space:
-        raise ConfigurationError("The recipe's search_space is empty; see recipes/digits_hub.yaml for the format.")
+        raise ConfigurationError("The recipe's search_space is empty (an override search_space={} replaces the whole "
+                                 "space); give at least one dimension, see recipes/digits_hub.yaml for the format.")
     assert isinstance(merged, DictConfig)
     return merged
 
 
-def _resolve_hub(spec: Any, seed: int, stream: TextIO) -> Any:
+def _resolve_hub(spec: Any, seed: int, stream: TextIO, *, trusted_factories: Any = (),
+                 trust_code: bool = False) -> Any:
     from fms_lightning.hub import ModelHub
 
     if spec in (None, "", "none"):
@@ -102,7 +115,7 @@ def _resolve_hub(spec: Any, seed: int, stream: TextIO) -> Any:
         from fms_lightning.examples.digits_hub import digits_hub
 
         return digits_hub(stream=stream)
-    return ModelHub.from_directory(str(spec))
+    return ModelHub.from_directory(str(spec), trusted_factories=list(trusted_factories or ()), trust_code=trust_code)
 
 
 def _datamodule_factory(obj: Any) -> Any:
@@ -131,7 +144,15 @@ def tuner_from_recipe(cfg: DictConfig | dict[str, Any]) -> tuple[Any, dict[str, 
         if not isinstance(plain["threads"], int) or plain["threads"] < 1:
             raise ConfigurationError(f"threads must be a positive integer or null, got {plain['threads']!r}.")
         torch.set_num_threads(plain["threads"])
-    hub = _resolve_hub(plain["hub"], int(plain["seed"]), sys.stderr)
+    from fms_lightning.tuner import _check_extra_kwargs
+
+    _check_extra_kwargs(plain["optimizer"], plain["trainer"])  # before the hub is built or loaded
+    if isinstance(plain["max_consecutive_failures"], bool) or plain["max_consecutive_failures"] < 1:
+        raise ConfigurationError(
+            f"max_consecutive_failures must be an integer >= 1, got {plain['max_consecutive_failures']!r}."
+        )
+    hub = _resolve_hub(plain["hub"], int(plain["seed"]), sys.stderr, trusted_factories=plain["trusted_factories"],
+                       trust_code=bool(plain["trust_hub_code"]))
     spec = dict(plain["search_space"])
     for name, entry in spec.items():
         if isinstance(entry, dict) and entry.get("type") == "hub" and entry.get("values") == "all":
@@ -148,7 +169,7 @@ def tuner_from_recipe(cfg: DictConfig | dict[str, Any]) -> tuple[Any, dict[str, 
         trainer_kwargs=plain["trainer"], optimizer_kwargs=plain["optimizer"], progress=bool(plain["progress"]),
         executor=plain["executor"], max_concurrent=int(plain["max_concurrent"]), storage=plain["storage"],
         ray_address=plain["ray_address"], gmn_training=plain["gmn_training"],
-        surrogate_threads=plain["surrogate_threads"],
+        surrogate_threads=plain["surrogate_threads"], max_consecutive_failures=int(plain["max_consecutive_failures"]),
     )
     return tuner, plain
 

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from fms_lightning.errors import StudyError
-from fms_lightning.study import Observation, Study, TrialRecord, TrialStatus
+from fms_lightning.study import Observation, Study, TrialRecord, TrialStatus, atomic_write, check_safetensors_file
 
 __all__ = ["TuneResult", "LeaderboardRow", "leaderboard", "plot_study", "study_objective", "best_result"]
 
@@ -111,14 +111,16 @@ class TuneResult:
             The folder written.
 
         Raises:
-            StudyError: If the best snapshot no longer exists.
+            StudyError: If the best snapshot no longer exists, or is damaged
+                (its safetensors header and size are checked before and after the copy).
         """
         out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
         src = Path(self.best_checkpoint)
         if not src.is_file():
             raise StudyError(f"The best snapshot {str(src)!r} is missing; was the study folder moved or pruned?")
-        shutil.copyfile(src, out / "weights.safetensors")
+        check_safetensors_file(src)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "weights.safetensors", lambda tmp: (shutil.copyfile(src, tmp), check_safetensors_file(tmp)))
         info = {"config": self.best_config, "hub_entry": self.best_hub_entry, "trial_id": self.best_trial_id,
                 "epoch": self.best_epoch, "value": self.best_value}
         (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(info)), sort_keys=False))

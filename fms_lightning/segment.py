@@ -36,10 +36,13 @@ from fms_lightning.callbacks.trial_guards import EpochSeeder, NonFiniteLossGuard
 from fms_lightning.callbacks.weight_snapshot import WeightSnapshot
 from fms_lightning.errors import ConfigurationError, MissingMetricError
 from fms_lightning.hub import HubEntry, ModelHub
-from fms_lightning.storage import Storage
+from fms_lightning.storage import Storage, clean_stale_scratch, scratch_prefix
 from fms_lightning.study import snapshot_relpath, write_snapshot_file
 
-__all__ = ["EpochRecord", "SegmentResult", "SegmentRunner", "SegmentSpec", "datamodule_factory", "load_hub_weights"]
+__all__ = [
+    "EpochRecord", "SegmentResult", "SegmentRunner", "SegmentSpec", "check_checkpoint_file", "datamodule_factory",
+    "load_hub_weights",
+]
 
 BuildFn = Callable[[dict[str, Any], HubEntry | None], pl.LightningModule]
 DataModuleLike = pl.LightningDataModule | Callable[[dict[str, Any]], pl.LightningDataModule]
@@ -263,6 +266,35 @@ class _TrialLogs(Callback):
             trainer.logger.log_metrics(metrics, step=trainer.current_epoch + 1)
 
 
+def check_checkpoint_file(path: str | os.PathLike[str], name: str) -> str | None:
+    """Why the Lightning checkpoint at ``path`` cannot be resumed from, or ``None`` if it looks whole.
+
+    A checkpoint is a zip archive (``torch.save``); its directory and every member's
+    CRC are checked, which reads the file once and unpickles nothing.
+
+    Args:
+        path: The local file.
+        name: How the message names it (its place in the storage).
+    """
+    import zipfile
+
+    what = None
+    try:
+        if not os.path.isfile(path):
+            what = "missing"
+        else:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                what = f"corrupt (member {bad!r} fails its CRC check)"
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        what = f"truncated or not a checkpoint ({err})"
+    if what is None:
+        return None
+    return (f"StudyError: the trial's committed checkpoint {name!r} is {what}, so the trial cannot resume from it; "
+            "its recorded epochs are kept. Restore the file from a backup to resume the trial.")
+
+
 def checkpoint_relpath(study_trial: int, epoch: int) -> str:
     """Where a trial's Lightning checkpoint after ``epoch`` lives in the storage."""
     return f"checkpoints/trial_{int(study_trial):05d}/epoch_{int(epoch):04d}.ckpt"
@@ -301,7 +333,13 @@ class SegmentRunner:
                 model cannot take the hub entry's weights.
         """
         entry = self.entry(config)
-        module = self.build(dict(config), entry)
+        try:
+            module = self.build(dict(config), entry)
+        except (KeyboardInterrupt, BuildError):
+            raise
+        except Exception as err:  # noqa: BLE001 - the user's build() broke: every trial would hit it
+            raise BuildError(f"build(config, hub_entry) raised {type(err).__name__}: {err} (config {dict(config)}); "
+                             "it must take (config, hub_entry) and return a LightningModule.") from err
         if not isinstance(module, pl.LightningModule):
             raise BuildError(f"build(config, hub_entry) must return a LightningModule, got {type(module).__name__}.")
         if hasattr(module, "total_epochs") and hasattr(module, "schedule_horizon"):
@@ -332,8 +370,20 @@ class SegmentRunner:
         started, t0 = time.time(), time.perf_counter()
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        with tempfile.TemporaryDirectory(prefix="fms-segment-") as scratch:
-            ckpt = str(self.storage.fetch(spec.checkpoint, scratch)) if spec.checkpoint else None
+        clean_stale_scratch()  # folders that killed runs left behind on this machine
+        with tempfile.TemporaryDirectory(prefix=scratch_prefix("fms-segment")) as scratch:
+            ckpt = None
+            if spec.checkpoint:
+                name = self.storage.uri(spec.checkpoint)
+                try:
+                    ckpt = str(self.storage.fetch(spec.checkpoint, scratch))
+                except OSError as err:
+                    bad = f"StudyError: the trial's committed checkpoint {name!r} cannot be read ({err})"
+                else:
+                    bad = check_checkpoint_file(ckpt, name)
+                if bad is not None:
+                    return SegmentResult(spec, (), None, None, bad, f"{socket.gethostname()}:{os.getpid()}", started,
+                                         time.perf_counter() - t0)
             # Seeded exactly as the tuner's W_{i,0}, so parameters the hub does not cover
             # start from the values the optimizer was told.
             torch.manual_seed(self.seed)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,67 @@ from typing import Any
 from fms_lightning.errors import ConfigurationError
 from fms_lightning.study import atomic_write
 
-__all__ = ["Storage"]
+__all__ = ["Storage", "scratch_prefix", "clean_stale_scratch"]
+
+
+_SCRATCH_KINDS = ("fms-segment", "fms-upload", "fms-fetch")
+_OLD_SCRATCH_SECONDS = 24 * 3600
+
+
+def scratch_prefix(kind: str) -> str:
+    """The prefix of a temporary folder of this process: ``"{kind}-{pid}-"``.
+
+    The pid in the name lets :func:`clean_stale_scratch` tell folders of live
+    processes from those a killed process left behind.
+    """
+    return f"{kind}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale_scratch(folder: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Remove the temporary folders (``fms-segment-*``, ...) that killed processes left behind.
+
+    A folder named by :func:`scratch_prefix` is removed when its process is gone;
+    one without a pid (written by an earlier version) when it is a day old.
+
+    Args:
+        folder: Where to look (default: :func:`tempfile.gettempdir`).
+
+    Returns:
+        The folders removed.
+    """
+    root = Path(folder if folder is not None else tempfile.gettempdir())
+    removed = []
+    now = time.time()
+    for kind in _SCRATCH_KINDS:
+        try:
+            found = list(root.glob(f"{kind}-*"))
+        except OSError:
+            return removed
+        for path in found:
+            pid_text = path.name[len(kind) + 1:].split("-", 1)[0]
+            try:
+                if not path.is_dir() or path.is_symlink():
+                    continue
+                if pid_text.isdigit() and "-" in path.name[len(kind) + 1:]:
+                    stale = int(pid_text) != os.getpid() and not _alive(int(pid_text))
+                else:
+                    stale = now - path.stat().st_mtime > _OLD_SCRATCH_SECONDS
+            except OSError:
+                continue
+            if stale:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
 
 
 class Storage:
@@ -106,7 +167,7 @@ class Storage:
             atomic_write(local, write)
             return rel
         fs = self._filesystem()
-        with tempfile.TemporaryDirectory(prefix="fms-upload-") as tmpdir:
+        with tempfile.TemporaryDirectory(prefix=scratch_prefix("fms-upload")) as tmpdir:
             tmp = Path(tmpdir) / Path(rel).name
             write(tmp)
             target = self.uri(rel)
@@ -131,7 +192,7 @@ class Storage:
         local = self.local_path(rel)
         if local is not None:
             return local
-        dest = Path(folder if folder is not None else tempfile.mkdtemp(prefix="fms-fetch-")) / Path(rel).name
+        dest = Path(folder if folder is not None else tempfile.mkdtemp(prefix=scratch_prefix("fms-fetch"))) / Path(rel).name
         self._filesystem().get_file(self.uri(rel), str(dest))
         return dest
 

@@ -39,7 +39,9 @@ import torch
 
 from fms_lightning.errors import ConfigurationError, StudyError, StudyLockedError
 
-__all__ = ["Study", "TrialStatus", "TrialRecord", "Observation", "atomic_write", "load_weights_file"]
+__all__ = [
+    "Study", "TrialStatus", "TrialRecord", "Observation", "atomic_write", "check_safetensors_file", "load_weights_file",
+]
 
 _SCHEMA_VERSION = 2  # 2: the checkpoints table (segments are committed with their checkpoint)
 _SCHEMA = """
@@ -143,8 +145,44 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
     return path
 
 
+def check_safetensors_file(path: str | os.PathLike[str]) -> None:
+    """Check a safetensors file's header and size without reading its tensors.
+
+    A file cut short (a kill during a copy, a full disk) or with bytes appended
+    fails here, with a message that names it.
+
+    Raises:
+        StudyError: If the file is missing, or its header is malformed or does
+            not account for exactly the file's size.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 2 or n > size - 8 or n > 100_000_000:
+                raise ValueError(f"the header length is {n} for a file of {size} bytes")
+            header = json.loads(fh.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except FileNotFoundError:
+        raise StudyError(f"Weight file {str(path)!r} does not exist.") from None
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        raise StudyError(f"Weight file {str(path)!r} is corrupt or not a safetensors file ({err}); restore it "
+                         "from a backup or re-create it.") from None
+    expected = 8 + n + max(ends, default=0)
+    if expected != size:
+        what = "truncated" if size < expected else "longer than its header says"
+        raise StudyError(f"Weight file {str(path)!r} is {what}: its header promises {expected} bytes, the file has "
+                         f"{size}. Restore it from a backup or re-create it.")
+
+
 def load_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load a state dict safely: safetensors, or ``torch.load(weights_only=True)``.
+
+    A safetensors file's header and size are checked first (:func:`check_safetensors_file`).
 
     Raises:
         StudyError: If the file is missing or cannot be read as weights.
@@ -156,10 +194,14 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
+            check_safetensors_file(path)
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except StudyError:
+        raise
     except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
-        raise StudyError(f"Weight file {str(path)!r} is corrupt or not a weights file: {err}") from err
+        detail = (str(err).strip().splitlines() or [""])[0]
+        raise StudyError(f"Weight file {str(path)!r} is corrupt or not a weights file: {detail}") from err
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]  # a Lightning checkpoint
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -204,7 +246,10 @@ class Study:
 
     Raises:
         StudyLockedError: If another live process is writing this study.
-        StudyError: If ``readonly`` and there is no study at ``path``.
+        StudyError: If ``readonly`` and there is no study at ``path``; if ``path``
+            is a file, or a folder that cannot be read or written; or if
+            ``study.sqlite`` is corrupt or not a study database (one line that
+            names the file and what to do).
 
     >>> import tempfile
     >>> with Study(tempfile.mkdtemp()) as study:
@@ -218,25 +263,62 @@ class Study:
         self.path = Path(path)
         self.readonly = readonly
         self._lock_fh: Any = None
+        self._conn: Any = None
         self._mutex = threading.RLock()
         db = self.path / "study.sqlite"
-        if readonly:
-            if not db.is_file():
-                raise StudyError(f"No study at {str(self.path)!r} (missing study.sqlite).")
-            self._conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
-        else:
-            self.path.mkdir(parents=True, exist_ok=True)
-            if lock:
-                self._acquire_lock()
-            self._conn = sqlite3.connect(db, check_same_thread=False, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.executescript(_SCHEMA)
-            self._conn.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),)
-            )
+        try:
+            if self.path.exists() and not self.path.is_dir():
+                raise StudyError(f"The study folder {str(self.path)!r} is a file, not a folder; pass the path of "
+                                 "a folder (it is created if missing).")
+            if readonly:
+                if not db.is_file():
+                    raise StudyError(f"No study at {str(self.path)!r} (missing study.sqlite).")
+                self._conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
+                tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if not {"meta", "trials", "observations"} <= tables:
+                    raise StudyError(f"{str(db)!r} is not a study database: it has no study tables (an empty or "
+                                     "foreign SQLite file, or a study whose tuner is creating it right now). Point "
+                                     "at a study folder written by fms-lightning.")
+            else:
+                self.path.mkdir(parents=True, exist_ok=True)
+                if lock:
+                    self._acquire_lock()
+                self._conn = sqlite3.connect(db, check_same_thread=False, isolation_level=None)
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")
+                self._conn.execute("PRAGMA foreign_keys=ON")
+                self._conn.executescript(_SCHEMA)
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),)
+                )
+        except sqlite3.DatabaseError as err:
+            self._abandon()
+            if isinstance(err, sqlite3.OperationalError) and "unable to open" in str(err):
+                raise StudyError(f"Cannot open the study database {str(db)!r} ({err}); check that you may read "
+                                 "and write the folder and the file, or use another study_dir.") from None
+            raise StudyError(
+                f"The study database {str(db)!r} is corrupt or not a study database ({err}). Move it (and any "
+                "study.sqlite-wal / -shm next to it) aside to start a new study in this folder, or restore it "
+                "from a backup."
+            ) from None
+        except OSError as err:
+            self._abandon()
+            raise StudyError(f"Cannot open the study at {str(self.path)!r}: {err.strerror or err}. Check that you "
+                             "may read and write that folder, or use another study_dir.") from None
+        except BaseException:
+            self._abandon()
+            raise
         self._conn.row_factory = sqlite3.Row
+
+    def _abandon(self) -> None:
+        """Release what a failed ``__init__`` opened."""
+        with contextlib.suppress(Exception):
+            if self._conn is not None:
+                self._conn.close()
+        if self._lock_fh is not None:
+            with contextlib.suppress(Exception):
+                self._lock_fh.close()
+            self._lock_fh = None
 
     # ------------------------------------------------------------------ plumbing
     def _acquire_lock(self) -> None:
@@ -288,11 +370,12 @@ class Study:
         switch is skipped.
         """
         with self._mutex:
-            if not self.readonly:
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                    self._conn.execute("PRAGMA journal_mode=DELETE")
-            self._conn.close()
+            if self._conn is not None:
+                if not self.readonly:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                        self._conn.execute("PRAGMA journal_mode=DELETE")
+                self._conn.close()
             if self._lock_fh is not None:
                 self._lock_fh.close()
                 self._lock_fh = None
@@ -537,13 +620,33 @@ class Study:
             )
 
     def load_tuner_state(self) -> dict[str, Any] | None:
-        """The stored optimizer state, loaded with ``weights_only=True``, or ``None``."""
+        """The stored optimizer state, loaded with ``weights_only=True``, or ``None``.
+
+        Raises:
+            StudyError: If the stored state is corrupt (or holds anything but
+                tensors and plain values); the rows are untouched, and
+                :meth:`FMSTuner.fit <fms_lightning.FMSTuner.fit>` rebuilds the state from them.
+        """
         import io
 
         rows = self._query("SELECT state FROM tuner_state WHERE id = 0")
         if not rows:
             return None
-        return torch.load(io.BytesIO(rows[0][0]), map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(io.BytesIO(rows[0][0]), map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any failure means a corrupt (or unsafe) blob
+            detail = (str(err).strip().splitlines() or [""])[0]
+            raise StudyError(
+                f"The tuner state stored in {str(self.path / 'study.sqlite')!r} cannot be loaded "
+                f"({type(err).__name__}: {detail}); it is refused. The study's rows are intact: "
+                "FMSTuner.fit() rebuilds the tuner state from them."
+            ) from None
+        if not isinstance(state, dict):
+            raise StudyError(
+                f"The tuner state stored in {str(self.path / 'study.sqlite')!r} is a {type(state).__name__}, not "
+                "a mapping; it is refused. FMSTuner.fit() rebuilds the tuner state from the study's rows."
+            )
+        return state
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON value under ``key`` (e.g. the tuner's settings, to check on resume)."""

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -29,8 +30,9 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 
+from fms_lightning import _resume
 from fms_lightning._threads import check_threads
-from fms_lightning.errors import ConfigurationError, FMSError, TrialFailedError
+from fms_lightning.errors import ConfigurationError, FMSError, StudyError, TrialFailedError
 from fms_lightning.executors import LocalExecutor, LostWorker, RayExecutor, RayFailure, RefitPacer
 from fms_lightning.hub import ModelHub
 from fms_lightning.optimizer import FMSOptimizer, Method, Suggestion
@@ -40,7 +42,7 @@ from fms_lightning.segment import (
     load_hub_weights, quiet_lightning,
 )
 from fms_lightning.space import SearchSpace
-from fms_lightning.storage import Storage
+from fms_lightning.storage import Storage, clean_stale_scratch
 from fms_lightning.study import Study, TrialStatus
 
 __all__ = ["FMSTuner", "load_hub_weights"]
@@ -78,6 +80,18 @@ def _run_segment(runner: SegmentRunner, spec: SegmentSpec) -> SegmentResult:
     return runner.run(spec)
 
 
+def _check_extra_kwargs(optimizer_kwargs: Mapping[str, Any] | None, trainer_kwargs: Mapping[str, Any] | None) -> None:
+    """Refuse unknown or mistyped FMSOptimizer / Trainer options before anything runs."""
+    from fms_lightning._kwargs import check_kwargs, check_trainer_kwargs
+
+    check_kwargs(FMSOptimizer, dict(optimizer_kwargs or {}), where="optimizer", what="an FMSOptimizer option",
+                 reserved=("space", "max_epochs", "method", "mode", "seed"),
+                 reserved_hint="the tuner passes it; use FMSTuner's (or the recipe's) own key of that name "
+                 "(max_epochs_per_trial for max_epochs)")
+    check_trainer_kwargs(dict(trainer_kwargs or {}), reserved=("max_epochs",), construct=False,
+                         reserved_hint="the tuner trains each segment to its target epoch; use max_epochs_per_trial")
+
+
 class FMSTuner:
     """Tune hyperparameters and the choice of pretrained model with FMS on Lightning.
 
@@ -108,7 +122,7 @@ class FMSTuner:
             None keeps the optimizer's default.
         progress: Show a progress bar over the budget.
         max_consecutive_failures: Stop with an error after this many trials in a
-            row fail.
+            row fail (an integer >= 1).
         executor: ``"local"`` trains one segment at a time in this process;
             ``"ray"`` trains up to ``max_concurrent`` at once as Ray tasks (needs
             ``pip install 'fms-lightning[ray]'``). Suggestions are pending-aware, so
@@ -117,6 +131,9 @@ class FMSTuner:
         storage: Where checkpoints, snapshots and trial logs are written: a local
             path or an fsspec URL that every worker can reach. Default: ``study_dir``.
             Snapshots are also copied into ``study_dir``, which stays self-contained.
+            Each study writes only under its own folder of the storage
+            (``STORAGE/<study_id>/``, the id kept in the study), so studies may
+            share one storage.
         ray_address: The cluster to connect to when Ray is not yet initialised
             (``None``: ``RAY_ADDRESS``, else a local runtime). Call ``ray.init``
             yourself for other options.
@@ -130,7 +147,8 @@ class FMSTuner:
             training keeps it). ``None`` leaves torch's setting.
 
     Raises:
-        ConfigurationError: For a bad mode, budget, method, executor, or a hub
+        ConfigurationError: For a bad mode, budget, method, executor, an unknown
+            or mistyped ``optimizer_kwargs`` / ``trainer_kwargs`` key, a hub
             dimension without a hub, or a DataModule class that needs arguments the
             space does not provide (each message says what was expected).
 
@@ -198,6 +216,15 @@ class FMSTuner:
         if isinstance(max_lost_worker_retries, bool) or not isinstance(max_lost_worker_retries, int) \
                 or max_lost_worker_retries < 0:
             raise ConfigurationError(f"max_lost_worker_retries must be an integer >= 0, got {max_lost_worker_retries!r}.")
+        if isinstance(max_consecutive_failures, bool) or not isinstance(max_consecutive_failures, int) \
+                or max_consecutive_failures < 1:
+            raise ConfigurationError(
+                f"max_consecutive_failures must be an integer >= 1, got {max_consecutive_failures!r}."
+            )
+        _check_extra_kwargs(optimizer_kwargs, trainer_kwargs)
+        for name, value in (("study_dir", study_dir), ("storage", storage)):
+            if value is not None and not os.fspath(value).strip():
+                raise ConfigurationError(f"{name} must name a folder (or, for storage, a URL), got {value!r}.")
         if space.hub_name is not None:
             if hub is None:
                 raise ConfigurationError(
@@ -227,6 +254,7 @@ class FMSTuner:
         self.max_lost_worker_retries = max_lost_worker_retries
         self.surrogate_threads = check_threads(surrogate_threads)
         self.storage = Storage(storage if storage is not None else self.study_dir)
+        self._storage_base = self.storage  # fit() narrows self.storage to the study's own folder of it
         self.runner = SegmentRunner(build, datamodule, hub, space.hub_name, monitor, self.seed, max_epochs_per_trial,
                                     self.storage, dict(trainer_kwargs or {}))
         self._start_cache: dict[str, dict[str, torch.Tensor]] = {}
@@ -409,14 +437,11 @@ class FMSTuner:
         Runs recorded by ``WeightSnapshot`` since the last ``fit`` (or before the
         first) are learned from: the surrogate is pretrained again on all of them.
         """
-        state = study.load_tuner_state()
-        if state is not None:
-            opt.load_state_dict(state)
         recorded = [t.trial_id for t in study.trials() if t.opt_trial_id is None]
         seen = set(study.get_meta("recorded_runs_seen", []))
         new = [tid for tid in recorded if tid not in seen]
         if new:
-            if state is not None:
+            if opt.trial_ids:
                 log.warning("Trials %s were recorded into the study since it was last tuned; pretraining the "
                             "surrogate again on every recorded run.", new)
             self._pretrain_from_recorded_runs(opt, study)
@@ -434,6 +459,38 @@ class FMSTuner:
                 study.set_status(t.trial_id, status)
         # Trials the optimizer handed out but that never finished: train them first.
         return opt.pending()
+
+    def _optimizer_from_study(self, study: Study) -> FMSOptimizer:
+        """The optimizer as the study's stored state left it, or rebuilt from the rows when the state is unusable.
+
+        The rows are the source of truth: a missing or corrupt tuner state costs the
+        surrogate's fit and the random stream (later suggestions differ from an
+        uninterrupted run), never an observation.
+        """
+        opt = self._new_optimizer()
+        tuner_trials = [t for t in study.trials() if t.opt_trial_id is not None]
+        try:
+            state = study.load_tuner_state()
+            if state is not None:
+                opt.load_state_dict(state)
+                return opt
+            if not tuner_trials:  # a new study: _restore pretrains on the recorded runs
+                return opt
+            problem = f"The study at {str(study.path)!r} has no tuner state."
+        except (StudyError, ConfigurationError, KeyError, TypeError, ValueError, RuntimeError) as err:
+            problem = str(err) if isinstance(err, StudyError) else (
+                f"The tuner state stored in {str(study.path / 'study.sqlite')!r} does not fit this tuner "
+                f"({type(err).__name__}: {err}).")
+        warnings.warn(f"{problem} Rebuilding it from the study's {len(tuner_trials)} trials and "
+                      f"{study.budget_used(tuner_only=True)} recorded epochs, which are intact; the surrogate is "
+                      "refit, so later suggestions differ from an uninterrupted run.", RuntimeWarning, stacklevel=3)
+        opt = self._new_optimizer()
+        self._pretrain_from_recorded_runs(opt, study)
+        study.set_meta("recorded_runs_seen", [t.trial_id for t in study.trials() if t.opt_trial_id is None])
+        _resume.rebuild_trials(opt, study, tuner_trials, random=self.method is Method.RANDOM,
+                               max_epochs=self.max_epochs_per_trial)
+        study.save_tuner_state(opt.state_dict())
+        return opt
 
     def _make_executor(self) -> LocalExecutor | RayExecutor:
         if self.executor == "ray":
@@ -480,8 +537,18 @@ class FMSTuner:
                     "use a new study_dir (WeightSnapshot runs in it can still be read with Study)."
                 )
             study.set_meta("tuner_settings", self._settings())
-            opt = self.optimizer = self._new_optimizer()
-            unfinished = self._restore(opt, study)
+            self.storage, storage_lock = _resume.claim_storage(self._storage_base, study, self.study_dir)
+            self.runner = replace(self.runner, storage=self.storage)
+            try:
+                clean_stale_scratch()
+                _resume.remove_superseded_checkpoints(self.storage, study)
+                _resume.warn_damaged_snapshots(study)
+                opt = self.optimizer = self._optimizer_from_study(study)
+                unfinished = self._restore(opt, study)
+            except BaseException:
+                if storage_lock is not None:
+                    storage_lock.close()
+                raise
             self.segments, self.suggest_seconds, self.lost_segments = [], [], []
             failures: list[str] = []
             lost: Counter[int] = Counter()
@@ -526,6 +593,8 @@ class FMSTuner:
                             writer.add_scalar("tuner/surrogate_fit_loss", fit_loss, used)
             finally:
                 executor.close()
+                if storage_lock is not None:
+                    storage_lock.close()
             return self._result(study)
 
     def _next_spec(self, opt: FMSOptimizer, study: Study, unfinished: list[Suggestion], writer: Any,

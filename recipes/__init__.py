@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fms_lightning.errors import ConfigurationError, UnknownPresetError
 
@@ -45,14 +45,46 @@ def recipe_path(name_or_path: str | os.PathLike[str]) -> Path:
 def load_recipe(name_or_path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> DictConfig:
     """Load a recipe and apply ``key=value`` overrides (omegaconf dot-list syntax).
 
+    An override with an empty value (``search_space={}``, ``trainer={}``)
+    replaces the recipe's value instead of merging into it: it means what it says.
+
     Raises:
-        ConfigurationError: For an override that is not of the form ``key=value``.
+        ConfigurationError: For a file that is not YAML or not a mapping of keys to
+            values, or an override that is not of the form ``key=value``.
     """
-    cfg = OmegaConf.load(recipe_path(name_or_path))
-    bad = [o for o in overrides if "=" not in o]
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
+    path = recipe_path(name_or_path)
+    try:
+        cfg = OmegaConf.load(path)
+    except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError) as err:
+        detail = " ".join(str(err).split())
+        raise ConfigurationError(f"The recipe {str(path)!r} is not valid YAML ({detail}); fix the file, or start "
+                                 f"from a shipped recipe ({', '.join(available_recipes())}).") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigurationError(f"The recipe {str(path)!r} holds a {type(cfg).__name__}, not a mapping of keys to "
+                                 "values; see recipes/digits_hub.yaml for the format.")
+    bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]
     if bad:
         raise ConfigurationError(f"Overrides must look like key=value (e.g. trainer.max_epochs=5); got {bad}.")
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    for override in overrides:
+        try:
+            parsed = OmegaConf.from_dotlist([override])
+        except OmegaConfBaseException as err:
+            detail = " ".join(str(err).split())
+            raise ConfigurationError(f"Cannot parse the override {override!r} ({detail}); write key=value, "
+                                     "quoting values with special characters.") from None
+        key = override.split("=", 1)[0].strip()
+        value = OmegaConf.select(parsed, key)
+        empty = isinstance(value, (DictConfig, ListConfig)) and len(value) == 0
+        try:
+            if empty:
+                OmegaConf.update(cfg, key, value, merge=False)
+            else:
+                cfg = OmegaConf.merge(cfg, parsed)
+        except OmegaConfBaseException as err:
+            detail = " ".join(str(err).split())
+            raise ConfigurationError(f"Cannot apply the override {override!r}: {detail}") from None
     assert isinstance(cfg, DictConfig)
     return cfg

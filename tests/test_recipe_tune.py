@@ -43,7 +43,7 @@ def test_tune_and_status_on_a_user_module(tmp_path, capsys) -> None:
         "hub": str(tmp_path / "hub"), "module": "tests.tiny_task:build", "datamodule": "tests.tiny_task:datamodule",
         "search_space": {"model": {"type": "hub", "values": "all"}, "lr": {"type": "log_uniform", "low": 1e-3, "high": 0.3},
                          "batch_size": {"type": "choice", "values": [16, 32]}},
-        "optimizer": tiny_task.FAST_OPT, "progress": False,
+        "optimizer": tiny_task.FAST_OPT, "progress": False, "trusted_factories": ["tests.tiny_task:make_mlp"],
     }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -99,3 +99,51 @@ def test_recipe_gmn_training_reaches_the_optimizer(tmp_path, mode) -> None:
                                       "study_dir": str(tmp_path / "s")})
     assert plain["gmn_training"] == mode
     assert tuner._new_optimizer().gmn_training.value == mode
+
+
+def _tiny_hub_recipe(tmp_path, **over):
+    tiny_task.make_hub(tmp_path / "hub")
+    manifest = {"entries": [{"name": "mlp8", "factory": "tests.tiny_task:make_mlp", "weights": "mlp8.safetensors"}]}
+    (tmp_path / "hub" / "hub.yaml").write_text(yaml.safe_dump(manifest))
+    return {"study_dir": str(tmp_path / "study"), "hub": str(tmp_path / "hub"), "module": "tests.tiny_task:build",
+            "datamodule": "tests.tiny_task:datamodule", "method": "random", "budget_epochs": 1,
+            "max_epochs_per_trial": 1, "progress": False,
+            "search_space": {"model": {"type": "hub", "values": "all"},
+                             "lr": {"type": "log_uniform", "low": 1e-3, "high": 0.3}}, **over}
+
+
+def test_a_hub_folder_factory_needs_trust_from_the_recipe_or_the_command_line(tmp_path, capsys) -> None:
+    from fms_lightning.errors import HubError
+    from fms_lightning.recipe_tune import tuner_from_recipe
+
+    with pytest.raises(HubError, match=r"'mlp8'.*'tests.tiny_task:make_mlp', which is not trusted.*trusted_factories"):
+        tuner_from_recipe(_tiny_hub_recipe(tmp_path))
+    tuner, _ = tuner_from_recipe(_tiny_hub_recipe(tmp_path, trusted_factories=["tests.tiny_task:make_mlp"]))
+    assert tuner.hub.names == ["mlp8"]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(_tiny_hub_recipe(tmp_path)))
+    assert main(["tune", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "HubError" in err and "--trust-hub-code" in err
+    assert main(["tune", str(path), "--trust-hub-code"]) == 0
+    assert "Best: val_acc=" in capsys.readouterr().out
+
+
+def test_max_consecutive_failures_can_be_set_from_a_recipe(tmp_path) -> None:
+    from fms_lightning.recipe_tune import tuner_from_recipe
+
+    recipe = _tiny_hub_recipe(tmp_path, trusted_factories=["tests.tiny_task:make_mlp"])
+    assert tuner_from_recipe(recipe)[0].max_consecutive_failures == 5
+    assert tuner_from_recipe({**recipe, "max_consecutive_failures": 2})[0].max_consecutive_failures == 2
+    for bad, match in ((0, ">= 1"), ("many", "type int")):
+        with pytest.raises(ConfigurationError, match=match):
+            tuner_from_recipe({**recipe, "max_consecutive_failures": bad})
+
+
+def test_an_empty_override_means_what_it_says() -> None:
+    cfg = load_recipe("digits_hub", ["search_space={}", "optimizer={}"])
+    assert dict(cfg.search_space) == {} and dict(cfg.optimizer) == {}
+    with pytest.raises(ConfigurationError, match="search_space is empty"):
+        validate_recipe(cfg)
+    assert set(load_recipe("digits_hub", ["search_space.lr.low=0.01"]).search_space) == {
+        "model", "dropout", "batch_size", "lr", "momentum", "weight_decay"}  # a non-empty value still merges

@@ -151,3 +151,92 @@ def test_a_closed_study_leaves_no_wal_files_even_after_readers(tmp_path) -> None
     with Study(tmp_path / "s") as study:  # the next writer is in WAL mode again, with the rows intact
         assert study._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert [o.value for o in study.observations()] == [0.5]
+
+
+# ------------------------------------------------------------- hostile or damaged state files
+class _Payload:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+@pytest.mark.parametrize("content", [os.urandom(4096), b"SQLite format 3\x00" + b"\xff" * 200, b"not a db" * 100])
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_corrupt_study_database_is_one_clear_error(tmp_path, content, readonly) -> None:
+    (tmp_path / "study.sqlite").write_bytes(content)
+    with pytest.raises(StudyError, match=r"study\.sqlite' is corrupt or not a study database.*aside"):
+        Study(tmp_path, readonly=readonly)
+    if not readonly:  # the lock was released: after moving the file aside a new study opens
+        (tmp_path / "study.sqlite").unlink()
+        Study(tmp_path).close()
+
+
+def test_an_empty_study_database_is_not_a_study_for_readers(tmp_path) -> None:
+    (tmp_path / "study.sqlite").write_bytes(b"")
+    with pytest.raises(StudyError, match="is not a study database: it has no study tables"):
+        Study(tmp_path, readonly=True)
+    Study(tmp_path).close()  # a writer makes it a new, empty study
+
+
+def test_a_study_dir_that_is_a_file_or_unreadable_is_one_clear_error(tmp_path, monkeypatch) -> None:
+    (tmp_path / "afile").write_text("x")
+    for readonly in (False, True):
+        with pytest.raises(StudyError, match="is a file, not a folder"):
+            Study(tmp_path / "afile", readonly=readonly)
+    from pathlib import Path
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "mkdir", denied)  # as a folder the user may not write (root bypasses chmod)
+    with pytest.raises(StudyError, match="Cannot open the study.*Permission denied.*another study_dir"):
+        Study(tmp_path / "locked" / "study")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_an_unreadable_study_folder_is_one_clear_error(tmp_path) -> None:
+    Study(tmp_path / "s").close()
+    os.chmod(tmp_path / "s", 0)
+    try:
+        with pytest.raises(StudyError, match="Cannot open the study"):
+            Study(tmp_path / "s")
+    finally:
+        os.chmod(tmp_path / "s", 0o755)
+
+
+@pytest.mark.parametrize("blob", [b"garbage", b"", "payload"])
+def test_a_corrupt_or_hostile_tuner_state_is_refused_clearly(tmp_path, capsys, blob) -> None:
+    import io
+
+    if blob == "payload":
+        buf = io.BytesIO()
+        torch.save({"x": _Payload()}, buf)
+        blob = buf.getvalue()
+    with Study(tmp_path) as study:
+        study.save_tuner_state({"a": torch.ones(2)})
+        study._conn.execute("UPDATE tuner_state SET state = ?", (blob,))
+        with pytest.raises(StudyError, match=r"tuner state stored in .*study\.sqlite' cannot be loaded.*rebuilds"):
+            study.load_tuner_state()
+    assert "unpickled!" not in capsys.readouterr().out
+
+
+def _write_snapshot(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.randn(64, 8), "b": torch.randn(8)}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncate-data", "truncate-header", "append", "empty", "garbage-header"])
+def test_damaged_snapshots_are_noticed_and_named(tmp_path, damage) -> None:
+    from fms_lightning.study import check_safetensors_file, load_weights_file
+
+    path = _write_snapshot(tmp_path)
+    check_safetensors_file(path)
+    data = path.read_bytes()
+    damaged = {"truncate-data": data[:-17], "truncate-header": data[:20], "append": data + b"\0" * 8,
+               "empty": b"", "garbage-header": (40).to_bytes(8, "little") + b"{not json" + b" " * 31 + data[48:]}[damage]
+    path.write_bytes(damaged)
+    for check in (check_safetensors_file, load_weights_file):
+        with pytest.raises(StudyError, match=r"w\.safetensors' is (truncated|longer|corrupt)"):
+            check(path)

@@ -72,8 +72,19 @@ def run_sweep_recipe(
 
     from fms_lightning.optim.sweep import sweep
 
+    from fms_lightning.examples.demo import validate_demo_recipe
+
     stream = stream if stream is not None else sys.stdout
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    raw = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    cfg = validate_demo_recipe(raw, extra={"monitor": "val_acc", "mode": "max", "module": None, "datamodule": None},
+                               free_blocks="module" in raw, reserved_trainer=(), trainer_default={},
+                               construct_trainer=executor != "ray")
+    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= len(hparam_list):
+        raise ConfigurationError(f"top must be an integer in 1..{len(hparam_list)} (the list's length), got {top!r}.")
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ConfigurationError(f"parallel must be an integer >= 1, got {parallel!r}.")
+    if cfg.mode not in ("min", "max"):
+        raise ConfigurationError(f"The sweep recipe's mode must be 'min' or 'max', got {cfg.mode!r}.")
     try:
         data = dict(OmegaConf.to_container(cfg.data, resolve=True))  # type: ignore[arg-type]
         model = dict(OmegaConf.to_container(cfg.model, resolve=True))  # type: ignore[arg-type]
@@ -84,20 +95,20 @@ def run_sweep_recipe(
     if "max_epochs" not in trainer:
         raise ConfigurationError("The sweep recipe needs trainer.max_epochs (epochs per trial).")
     max_epochs = int(trainer.pop("max_epochs"))
-    if "module" in cfg:
+    if cfg.module is not None:
         factory = functools.partial(_import(cfg.module), **model)
     else:
         from fms_lightning.examples.digits import DigitsCNN
 
         factory = functools.partial(DigitsCNN, variant=str(cfg.get("variant", "optax")), **model)
-    if "datamodule" in cfg:
+    if cfg.datamodule is not None:
         dm = _import(cfg.datamodule)(**data)
     else:  # scikit-learn's bundled data: digits as 8x8 images for DigitsCNN, any dataset as vectors for a module
         from fms_lightning.examples.sklearn_data import SklearnDataModule
 
         name = str(data.pop("name", "digits"))
-        as_image = bool(data.pop("as_image", name == "digits" and "module" not in cfg))
-        if "module" not in cfg and not as_image:
+        as_image = bool(data.pop("as_image", name == "digits" and cfg.module is None))
+        if cfg.module is None and not as_image:
             raise ConfigurationError(
                 f"The built-in model, DigitsCNN, takes 8x8 digits images, so data.name={name!r} needs a model of "
                 "your own: add 'module: pkg.mod:factory' (called as factory(point, **model), returning a "
