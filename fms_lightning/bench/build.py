@@ -214,7 +214,8 @@ def _train_epochs(spec: BenchSpec, model: nn.Module, opt: torch.optim.Optimizer,
         out["val_acc"].append(acc)
         out["val_loss"].append(vloss if np.isfinite(vloss) else 1e9)
         out["train_loss"].append(total / max(count, 1) if np.isfinite(total) else 1e9)
-        state = {n: torch.nan_to_num(t) if t.is_floating_point() else t for n, t in model.state_dict().items()}
+        # copies: integer buffers (BatchNorm's num_batches_tracked) are live tensors that later epochs change
+        state = {n: torch.nan_to_num(t) if t.is_floating_point() else t.clone() for n, t in model.state_dict().items()}
         snapshots.update(_half(state, prefix=f"{epoch:03d}/"))
     from safetensors.torch import save_file
 
