@@ -84,3 +84,14 @@ def test_zoo_members_are_pretrained_once_per_root(tmp_path, monkeypatch: pytest.
                             "size": "seed1", "epochs": 2, "seed": 1})
     build_benchmark(reseeded, tmp_path, progress=False)
     assert len(calls) == 6  # another seed: other recipes, pretrained anew
+
+
+def test_batchnorm_members_snapshot_every_epochs_buffers(tmp_path) -> None:
+    from fms_lightning.bench.build import build_benchmark
+    from fms_lightning.bench.table import Benchmark
+
+    grid = (("lr", (0.01,)), ("momentum", (0.9,)), ("weight_decay", (0.0,)), ("batch_size", (64,)), ("dropout", (0.0,)))
+    spec = BenchSpec(hub="diverse", task="fewshot", size="bn", epochs=3, grid=grid, diverse_members=("resnet-narrow",))
+    bench = Benchmark(build_benchmark(spec, tmp_path, progress=False))
+    counts = [int(bench.snapshot(0, e)["stem.1.num_batches_tracked"]) for e in range(4)]
+    assert np.diff(counts).tolist() == [2, 2, 2]  # 100 fewshot images in batches of 64: 2 steps per epoch
