@@ -7,6 +7,9 @@ Layout of a benchmark folder (``<root>/<spec.name>/``)::
     configs/<k>/snapshots.safetensors   W_{i,e} after every epoch e = 1..E (fp16 floats), keys "<e:03d>/<name>"
     configs/<k>/metrics.json      per-epoch val_acc, val_loss, train_loss, epoch_seconds, eval_seconds (written last)
 
+The pretrained members of the ``zoo`` hub are the same for every task, so they are also
+kept in ``<root>/_zoo_members/<recipe hash>.safetensors`` and pretrained once per root.
+
 Caches built before the snapshots were packed hold ``configs/<k>/epoch_<e:03d>.safetensors``
 instead; :func:`read_snapshot` reads both.
 
@@ -128,12 +131,6 @@ def _pretrain_member(spec: BenchSpec, member: str, index: int) -> nn.Module:
     from fms_lightning.examples.digits_hub import digits_split
     from fms_lightning.examples.hub_models import make
 
-    if spec.hub == "zoo":
-        from fms_lightning.bench.zoo import pretrain_zoo_member, zoo_pretrain_data, zoo_recipe
-
-        x_pool, y_pool, _, _ = zoo_pretrain_data(spec.seed)
-        return pretrain_zoo_member(zoo_recipe(index, seed=spec.seed), x_pool, y_pool)
-
     seed = int(member.split("-s")[1].split("-")[0]) if spec.hub == "cnn" else index
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1000 * spec.seed + seed)
@@ -149,6 +146,24 @@ def _pretrain_member(spec: BenchSpec, member: str, index: int) -> nn.Module:
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
     return model
+
+
+def _zoo_member_state(spec: BenchSpec, index: int, root: Path) -> dict[str, torch.Tensor]:
+    """A zoo member's pretrained weights, from the root's shared member cache or pretrained now."""
+    import hashlib
+
+    from fms_lightning.bench.zoo import ZOO_ARCH, pretrain_zoo_member, zoo_pretrain_data, zoo_recipe
+    from fms_lightning.weightspace import load_state_dict_file
+
+    recipe = zoo_recipe(index, seed=spec.seed)
+    key = hashlib.sha1(json.dumps([recipe.to_dict(), ZOO_ARCH, spec.seed], sort_keys=True).encode()).hexdigest()
+    path = root / "_zoo_members" / f"{key[:20]}.safetensors"
+    if path.is_file():
+        return load_state_dict_file(path)
+    x_pool, y_pool, _, _ = zoo_pretrain_data(spec.seed)
+    state = pretrain_zoo_member(recipe, x_pool, y_pool).state_dict()
+    _save(path, state, half=False)
+    return state
 
 
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -258,7 +273,9 @@ def build_benchmark(spec: BenchSpec, root: str | Path, *, threads: int | None = 
 
             members = tqdm(missing, unit="member", desc=f"pretrain {spec.name}", file=stream, dynamic_ncols=True)
         for i, member in members:
-            _save(folder / "hub" / f"{member}.safetensors", _pretrain_member(spec, member, i).state_dict(), half=False)
+            state = (_zoo_member_state(spec, i, Path(root)) if spec.hub == "zoo"
+                     else _pretrain_member(spec, member, i).state_dict())
+            _save(folder / "hub" / f"{member}.safetensors", state, half=False)
         data = task_data(spec)
         configs = spec.configs()
         todo = [k for k in range(len(configs)) if not (config_dir(folder, k) / "metrics.json").is_file()]

@@ -107,7 +107,10 @@ def zoo_recipe(index: int, *, seed: int = 0) -> ZooRecipe:
 
 @lru_cache(maxsize=2)
 def zoo_pretrain_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(x_pool, y_pool, x_held, y_held)``: the pretraining pool and the shared held-out set (cached; do not modify)."""
+    """``(x_pool, y_pool, x_held, y_held)``: the pretraining pool and the shared held-out set.
+
+    The tensors are cached and shared between calls: do not modify them in place.
+    """
     from fms_lightning.examples.digits_hub import digits_split
 
     x, y = digits_split("pretrain")

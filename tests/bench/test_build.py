@@ -55,3 +55,43 @@ def test_spec_errors_list_the_valid_values() -> None:
     with pytest.raises(ConfigurationError, match="shots"):
         BenchSpec(hub="zoo", task="fewshot", size="x", epochs=4, grid=(), shots=0)
     assert set(TASKS) == {"mirror", "rotate", "fewshot"}
+
+
+def test_zoo_members_are_pretrained_once_per_root(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import fms_lightning.bench.zoo as zoo
+    from fms_lightning.bench.build import build_benchmark
+    from fms_lightning.bench.table import Benchmark
+
+    calls = []
+    real = zoo.pretrain_zoo_member
+    monkeypatch.setattr(zoo, "pretrain_zoo_member", lambda *a, **k: calls.append(1) or real(*a, **k))
+    spec = bench_spec("zoo", "fewshot", "tiny")
+    spec = BenchSpec(**{**{f: getattr(spec, f) for f in ("hub", "task", "size", "grid", "zoo_members", "shots")},
+                        "epochs": 2, "zoo_members": 3})
+    first = Benchmark(build_benchmark(spec, tmp_path, progress=False))
+    assert len(calls) == 3
+    other = BenchSpec(**{**{f: getattr(spec, f) for f in ("hub", "size", "grid", "zoo_members", "epochs")},
+                         "task": "mirror"})
+    second = Benchmark(build_benchmark(other, tmp_path, progress=False))
+    assert len(calls) == 3  # the second task reuses the members
+    for m in first.members:
+        a, b = first.starting_weights({"hub": m}), second.starting_weights({"hub": m})
+        assert all(torch.equal(a[n], b[n]) for n in a)
+    assert first.recipes == second.recipes
+    reseeded = BenchSpec(**{**{f: getattr(spec, f) for f in ("hub", "task", "grid", "zoo_members")},
+                            "size": "seed1", "epochs": 2, "seed": 1})
+    build_benchmark(reseeded, tmp_path, progress=False)
+    assert len(calls) == 6  # another seed: other recipes, pretrained anew
+
+
+def test_batchnorm_members_snapshot_every_epochs_buffers(tmp_path) -> None:
+    from fms_lightning.bench.build import build_benchmark
+    from fms_lightning.bench.table import Benchmark
+
+    grid = (("lr", (0.01,)), ("momentum", (0.9,)), ("weight_decay", (0.0,)), ("batch_size", (64,)), ("dropout", (0.0,)))
+    spec = BenchSpec(hub="diverse", task="fewshot", size="bn", epochs=3, grid=grid, diverse_members=("resnet-narrow",))
+    bench = Benchmark(build_benchmark(spec, tmp_path, progress=False))
+    counts = [int(bench.snapshot(0, e)["stem.1.num_batches_tracked"]) for e in range(4)]
+    assert np.diff(counts).tolist() == [2, 2, 2]  # 100 fewshot images in batches of 64: 2 steps per epoch

@@ -9,7 +9,8 @@ import pytest
 
 
 @pytest.mark.parametrize("name", ["fms_lightning.bench", "fms_lightning.bench.spec", "fms_lightning.bench.metrics",
-                                  "fms_lightning.bench.peers", "fms_lightning.bench.walltime"])
+                                  "fms_lightning.bench.peers", "fms_lightning.bench.walltime",
+                                  "fms_lightning.bench.zoo"])
 def test_docstring_examples(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

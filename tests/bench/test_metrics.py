@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau, rankdata
 
-from fms_lightning.bench.metrics import kendall_tau, regret_curve, unobserved_fill
+from fms_lightning.bench.metrics import easiness, kendall_tau, regret_curve, unobserved_fill
 from fms_lightning.errors import ConfigurationError
 
 
@@ -48,3 +48,23 @@ def test_regret_curve_non_increasing_and_validated() -> None:
     assert np.all(np.diff(r) <= 0)
     with pytest.raises(ConfigurationError, match="best_possible"):
         regret_curve([1.5], best_possible=1.0)
+
+
+def test_easiness_fractions() -> None:
+    curves = np.array([[0.50, 0.900], [0.60, 0.995], [0.70, 0.800], [0.999, 0.20], [0.4, 0.991]])
+    e = easiness(curves)
+    assert e.y_star == 0.999 and e.best_final == 0.995 and e.n_configs == 5
+    assert e.final_near_y_star == pytest.approx(2 / 5)  # 0.995 and 0.991 are within 0.01 of 0.999
+    assert e.any_epoch_near_y_star == pytest.approx(3 / 5)
+    assert e.final_near_best_final == pytest.approx(2 / 5)
+    assert e.draws_for_half == 2.0  # 1 - 0.6**2 = 0.64 >= 0.5 > 0.4
+    assert easiness(curves, tol=0.2).final_near_best_final == pytest.approx(4 / 5)
+    assert easiness([[1.0, 0.2], [0.5, 0.3]]).draws_for_half == float("inf")  # y* only mid-curve
+    assert easiness([[0.5, 0.5], [0.5, 0.5]]).draws_for_half == 1.0
+
+
+def test_easiness_rejects_bad_input() -> None:
+    with pytest.raises(ConfigurationError, match="n_configs, E"):
+        easiness([0.1, 0.2])
+    with pytest.raises(ConfigurationError, match="tol"):
+        easiness([[0.1, 0.2]], tol=-1)
