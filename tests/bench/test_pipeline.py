@@ -53,7 +53,7 @@ def test_killed_build_resumes(cache: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(Benchmark(tmp_path / spec.name).curves, Benchmark(cache / spec.name).curves)
 
 
-@pytest.mark.parametrize("variant", ["random", "gp", "dyhpo", "fms-flat-nocurve", "fms-gmn"])
+@pytest.mark.parametrize("variant", ["random", "gp", "dyhpo", "fms-flat-nocurve", "fms-gmn", "fms-gmn-frozen", "fms-gmn-full"])
 def test_replay_integrity(cache: Path, variant: str) -> None:
     bench = Benchmark(cache / "cnn-mirror-tiny")
     result = run_replay(bench, variant, seed=3, settings=SETTINGS)
