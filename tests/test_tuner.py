@@ -104,6 +104,21 @@ def test_fit_again_continues_without_repeating(tmp_path) -> None:
     _check_study(tmp_path / "study", 7)
 
 
+@pytest.mark.parametrize("gmn_training", ["readout", "full"])
+def test_fit_again_continues_a_study_with_a_trained_gmn(tmp_path, gmn_training) -> None:
+    """The saved optimizer names snapshots by path; the continued study rebuilds their graphs."""
+    first = _tuner(tmp_path, method="fms-gmn", budget=4, gmn_training=gmn_training)
+    first.fit()
+    state = first.optimizer.state_dict()
+    assert state["gmn_training"] == gmn_training
+    assert any("path" in g for g in state["featurizer"]["graphs"])
+    again = _tuner(tmp_path, method="fms-gmn", budget=7, gmn_training=gmn_training)
+    result = again.fit()
+    _check_study(tmp_path / "study", 7)
+    assert result.budget_used == 7
+    assert again.optimizer.featurizer.keys[: len(state["featurizer"]["keys"])] == state["featurizer"]["keys"]
+
+
 def test_resume_in_segments_equals_straight_training(tmp_path) -> None:
     """1+1+1 epochs through the tuner's resume path == 3 epochs in one go, same seed."""
     config = {"model": "mlp16", "lr": 0.05, "batch_size": 16}
