@@ -56,6 +56,9 @@ class Summary:
         regret_se: Its standard error.
         overhead: ``(mean, s.e.)`` seconds inside ``suggest()`` per run.
         seconds: Mean wall time per run.
+        overhead_cpu: ``(mean, s.e.)`` CPU seconds inside ``suggest()``, or None where unrecorded.
+        trials: Mean number of trials started.
+        one_epoch_share: Mean share of the trials that were trained a single epoch, or None.
     """
 
     benchmark: str
@@ -66,6 +69,9 @@ class Summary:
     regret_se: tuple[float, ...]
     overhead: tuple[float, float]
     seconds: float
+    overhead_cpu: tuple[float, float] | None = None
+    trials: float = 0.0
+    one_epoch_share: float | None = None
 
 
 def _mse(values: Sequence[float]) -> tuple[float, float]:
@@ -106,8 +112,13 @@ def summarise(results: Sequence[RunResult]) -> list[Summary]:
         budgets = sorted({b for r in runs for b in r.tau})
         tau = {b: _mse([r.tau[b] for r in runs if b in r.tau]) for b in budgets}
         se = reg.std(axis=0, ddof=1) / np.sqrt(len(runs)) if len(runs) > 1 else np.zeros(n)
+        cpu = [r.overhead_cpu_seconds for r in runs]
+        shares = [float(np.mean(np.asarray(r.epochs_per_trial) == 1)) for r in runs if r.epochs_per_trial]
         out.append(Summary(bench, variant, len(runs), tau, tuple(reg.mean(axis=0)), tuple(se),
-                           _mse([r.overhead_seconds for r in runs]), float(np.mean([r.total_seconds for r in runs]))))
+                           _mse([r.overhead_seconds for r in runs]), float(np.mean([r.total_seconds for r in runs])),
+                           overhead_cpu=_mse(cpu) if all(c > 0 for c in cpu) else None,
+                           trials=float(np.mean([r.n_trials for r in runs])),
+                           one_epoch_share=float(np.mean(shares)) if len(shares) == len(runs) else None))
     return out
 
 
@@ -235,7 +246,8 @@ def _tables(summaries: Sequence[Summary], plot_dir: Path, md_dir: Path, *,
         head = " | ".join(f"τ@{b} (ours)" for b in budgets)
         lines += [f"### `{bench}`", "", *_bench_facts(bench, cache_dir),
                   f"| method | seeds | {head} | τ@50/100 (paper, {paper_name}) | regret@25 | regret@50 | "
-                  f"final regret | overhead s/run |", "|" + "---|" * (len(budgets) + 7)]
+                  f"final regret | overhead s/run | CPU s/run | trials (1-epoch share) |",
+                  "|" + "---|" * (len(budgets) + 9)]
         for s in group:
             paper = PAPER_TABLE1.get(s.variant)
             pv = paper[paper_col] if paper else None
@@ -244,7 +256,8 @@ def _tables(summaries: Sequence[Summary], plot_dir: Path, md_dir: Path, *,
             reg = np.array(s.regret)
             at = [f"{reg[b - 1]:.3f} ± {s.regret_se[b - 1]:.3f}" if reg.size >= b else "–" for b in (25, 50)]
             lines.append(f"| {s.variant} | {s.n_seeds} | {taus} | {ptxt} | {at[0]} | {at[1]} | "
-                         f"{reg[-1]:.3f} ± {s.regret_se[-1]:.3f} | {_fmt(s.overhead)} |")
+                         f"{reg[-1]:.3f} ± {s.regret_se[-1]:.3f} | {_fmt(s.overhead)} | {_fmt(s.overhead_cpu)} | "
+                         f"{s.trials:.1f}" + ("" if s.one_epoch_share is None else f" ({s.one_epoch_share:.0%})") + " |")
         png = plot_dir / f"regret-{bench}.png"
         _plot([s for s in group if "+transfer" not in s.variant], png, f"regret over budget: {bench}")
         lines += ["", f"![regret over budget, {bench}]({Path(os.path.relpath(png, md_dir)).as_posix()})", ""]
@@ -254,9 +267,12 @@ def _tables(summaries: Sequence[Summary], plot_dir: Path, md_dir: Path, *,
         if runs is not None:
             lines += _wall_section(bench, {v: rs for (b, v), rs in runs.items() if b == bench}, plot_dir, md_dir)
         ov = {s.variant: s.overhead[0] for s in group}
+        cpu = {s.variant: s.overhead_cpu[0] for s in group if s.overhead_cpu is not None}
         if ov.get("dyhpo") and "fms-gmn" in ov:
-            lines += [f"Overhead ratio FMS-GMN / DyHPO on `{bench}`: **{ov['fms-gmn'] / ov['dyhpo']:.2f}×** "
-                      f"(target ≤ 2×; the paper's is 16×).", ""]
+            by_cpu = (f"; in CPU time **{cpu['fms-gmn'] / cpu['dyhpo']:.2f}×**"
+                      if cpu.get("dyhpo") and "fms-gmn" in cpu else "")
+            lines += [f"Overhead ratio FMS-GMN / DyHPO on `{bench}`: **{ov['fms-gmn'] / ov['dyhpo']:.2f}×** in wall "
+                      f"time{by_cpu} (target ≤ 2×; the paper's is 16×).", ""]
         tr = {s.variant: s for s in group}
         if "fms-gmn+transfer" in tr and "fms-gmn" in tr:
             a, b = tr["fms-gmn+transfer"], tr["fms-gmn"]
