@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -139,6 +140,13 @@ def _plot(summaries: Sequence[Summary], path: Path, title: str) -> None:
         ax.plot(x, m, label=f"{s.variant} (n={s.n_seeds})", ls=_style(s.variant))
         ax.fill_between(x, m - e, m + e, alpha=0.15)
     ax.set(xlabel="budget (epochs)", ylabel="regret (val accuracy)", title=title)
+    _save_regret_plot(fig, ax, path)
+
+
+def _save_regret_plot(fig: Any, ax: Any, path: Path) -> None:
+    """Regret on a symlog axis from 0, a legend, and the figure written to ``path``."""
+    import matplotlib.pyplot as plt
+
     ax.set_yscale("symlog", linthresh=1e-2)
     ax.set_ylim(bottom=0)  # regret is never negative; a band of mean - s.e. may be
     ax.legend(fontsize=7)
@@ -168,13 +176,7 @@ def _plot_time(runs: dict[str, list[RunResult]], path: Path, title: str) -> None
     ax.set(xlabel="simulated wall time (s): cached training + measured overhead", ylabel="regret (val accuracy)",
            title=title)
     ax.set_xscale("log")
-    ax.set_yscale("symlog", linthresh=1e-2)
-    ax.set_ylim(bottom=0)  # regret is never negative; a band of mean - s.e. may be
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save_regret_plot(fig, ax, path)
 
 
 def _bench_facts(bench: str, cache_dir: Path | None) -> list[str]:
