@@ -97,6 +97,11 @@ class _Trial:
 _FLAT_OUT_DIM = 64
 
 
+def _config_key(config: Mapping[str, Any]) -> str:
+    """A hashable identity of a config (the same values give the same key)."""
+    return repr(sorted(config.items()))
+
+
 DEFAULT_GMN_TRAINING = GMNTraining.READOUT
 
 
@@ -435,10 +440,10 @@ class FMSOptimizer:
         configs = [dict(c) for c in configs]
         known: dict[str, _Trial] = {}
         for t in self.trials.values():
-            key = repr(sorted(t.config.items()))
+            key = _config_key(t.config)
             if key not in known or len(t.curve) > len(known[key].curve):
                 known[key] = t
-        trials = [known.get(repr(sorted(c.items()))) for c in configs]
+        trials = [known.get(_config_key(c)) for c in configs]
         start_keys = [None if t is not None else self._start_key(c) for c, t in zip(configs, trials)]
         self._fit()
         xs = self.space.encode(configs)
@@ -552,8 +557,8 @@ class FMSOptimizer:
         self._fitted_at = version
 
     def _suggest_model(self, new: list[dict[str, Any]]) -> Suggestion:
-        seen = {repr(sorted(t.config.items())) for t in self.trials.values()}
-        unseen = [c for c in new if repr(sorted(c.items())) not in seen]
+        seen = {_config_key(t.config) for t in self.trials.values()}
+        unseen = [c for c in new if _config_key(c) not in seen]
         new = unseen or new  # a config that has a trial is represented by that trial (finite spaces)
         new_keys = [self._start_key(c) for c in new]  # hub checkpoints W_{i,0}, loaded once per entry
         self._fit()
