@@ -32,17 +32,21 @@ def _tuner(tmp_path, method="dyhpo", budget=6, study="study", space=None, **kw):
 
 
 def _check_study(study_dir: Path, budget: int) -> None:
+    """Contiguous epochs from 1, every snapshot on disk and whole, starting weights recorded, and
+    exactly ``budget`` epochs recorded (as the study's own budget count says)."""
+    from fms_lightning.study import check_safetensors_file
+
     with Study(study_dir, readonly=True) as study:
         total = 0
         for t in study.trials():
             epochs = [o.epoch for o in study.observations(t.trial_id)]
             assert epochs == list(range(1, len(epochs) + 1)), (t.trial_id, epochs)
             for o in study.observations(t.trial_id):
-                assert (study.path / o.snapshot).is_file()
+                check_safetensors_file(study.path / o.snapshot)
             if epochs:
                 assert study.start_weights_path(t.trial_id) is not None
             total += len(epochs)
-        assert total == budget
+        assert total == budget == study.budget_used(tuner_only=True)
 
 
 def test_fit_spends_the_budget_and_reports_the_best(tmp_path) -> None:

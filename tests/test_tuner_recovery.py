@@ -19,6 +19,7 @@ from fms_lightning.errors import ConfigurationError, StudyError, TrialFailedErro
 from fms_lightning.study import Study, TrialStatus
 from fms_lightning.tuner import FMSTuner
 from tests import tiny_task
+from tests.test_tuner import _check_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,21 +35,6 @@ def _tuner(tmp_path, *, budget=6, study="study", seed=0, method="dyhpo", **kw) -
 def _rows(study_dir: Path) -> dict[tuple[int, int], tuple[float, str | None]]:
     with Study(study_dir, readonly=True) as study:
         return {(o.trial_id, o.epoch): (o.value, o.snapshot) for o in study.observations()}
-
-
-def _check_invariants(study_dir: Path, budget: int) -> None:
-    """Contiguous epochs from 1, every snapshot on disk and whole, exactly ``budget`` epochs recorded."""
-    from fms_lightning.study import check_safetensors_file
-
-    with Study(study_dir, readonly=True) as study:
-        total = 0
-        for t in study.trials():
-            epochs = [o.epoch for o in study.observations(t.trial_id)]
-            assert epochs == list(range(1, len(epochs) + 1)), (t.trial_id, epochs)
-            for o in study.observations(t.trial_id):
-                check_safetensors_file(study.path / o.snapshot)
-            total += len(epochs)
-        assert total == budget == study.budget_used(tuner_only=True)
 
 
 # ------------------------------------------------------------------ a study owns its storage folder
@@ -106,7 +92,7 @@ def test_two_tuners_at_once_on_one_storage_keep_their_own_checkpoints(tmp_path) 
         out, err = proc.communicate(timeout=600)
         assert "finished" in out, err[-2000:]
     for name in "AB":
-        _check_invariants(tmp_path / name, 8)
+        _check_study(tmp_path / name, 8)
         with Study(tmp_path / name, readonly=True) as study:
             own = tmp_path / "shared" / study.get_meta("study_id")
             for t in study.trials():
@@ -149,7 +135,7 @@ def test_a_corrupt_tuner_state_is_rebuilt_from_the_rows(tmp_path, damage) -> Non
     with pytest.warns(RuntimeWarning, match=r"(tuner state|no tuner state).*Rebuilding it from the study's"):
         result = _tuner(tmp_path, budget=8).fit()
     assert result.budget_used == 8
-    _check_invariants(tmp_path / "study", 8)
+    _check_study(tmp_path / "study", 8)
     after = _rows(tmp_path / "study")
     assert all(after[k] == v for k, v in before.items())  # no committed observation lost or changed
     with Study(tmp_path / "study", readonly=True) as study:
@@ -310,7 +296,7 @@ def test_repeated_sigkills_lose_duplicate_and_change_nothing(tmp_path, method) -
     print(f"{method}: {killed} SIGKILLs during the run", flush=True)
     done = subprocess.run([sys.executable, "-c", code("study")], env=env, capture_output=True, text=True, timeout=600)
     assert "finished" in done.stdout, done.stderr[-2000:]
-    _check_invariants(tmp_path / "study", budget)
+    _check_study(tmp_path / "study", budget)
     final = _rows(tmp_path / "study")
     assert all(final[key] == value for key, value in seen.items())
     assert {k: v[0] for k, v in final.items()} == {k: v[0] for k, v in _rows(tmp_path / "reference").items()}
