@@ -31,6 +31,7 @@ from fms_lightning.errors import ConfigurationError, SurrogateError
 from fms_lightning.surrogate.dataset import InputLayout
 from fms_lightning.surrogate.features import FeatureExtractor
 from fms_lightning.surrogate.readout import GraphReadout, SnapshotFeaturizer
+from fms_lightning.surrogate.stopping import LossPlateau
 
 __all__ = ["Kernel", "SurrogateConfig", "DeepKernelGP", "Surrogate"]
 
@@ -58,6 +59,11 @@ class SurrogateConfig:
             keeps every trial's latest row (Cholesky is cubic in rows).
         learning_curve: Use the curve CNN.
         use_extractor: False gives the plain GP on ``[x, j]``.
+        stop_rel_tol: Stop a fit early once eq. 3 has stopped improving: when, over the last
+            ``stop_window`` steps, the best loss improved by at most this share of its scale
+            (:class:`~fms_lightning.surrogate.stopping.LossPlateau`); the step counts above stay caps.
+            None runs every step.
+        stop_window: The plateau test's window (steps).
 
     Raises:
         ConfigurationError: On a non-positive value or unknown kernel.
@@ -71,6 +77,8 @@ class SurrogateConfig:
     max_train_rows: int = 1500
     learning_curve: bool = True
     use_extractor: bool = True
+    stop_rel_tol: float | None = None
+    stop_window: int = 25
 
     def __post_init__(self) -> None:
         try:
@@ -85,6 +93,8 @@ class SurrogateConfig:
                 f"refine_steps={self.refine_steps}, max_train_rows={self.max_train_rows}; expected "
                 f"lr > 0, steps >= 0, max_train_rows >= 2."
             )
+        if self.stop_rel_tol is not None:
+            LossPlateau(window=self.stop_window, rel_tol=self.stop_rel_tol)  # validates both
 
 
 class DeepKernelGP(gpytorch.models.ExactGP):
@@ -160,6 +170,7 @@ class Surrogate:
         self._y_mean = 0.0
         self._y_std = 1.0
         self.last_fit_loss: float | None = None  # negative marginal log likelihood (eq. 3) at the last step
+        self.last_fit_steps = 0  # Adam steps the last fit took (fewer than asked when it stopped on a plateau)
         self._w_mean: torch.Tensor | None = None
         self._w_std: torch.Tensor | None = None
         self._train: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -279,6 +290,9 @@ class Surrogate:
         model.train()
         mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
         opt = torch.optim.Adam(model.parameters(), lr=self.config.lr)
+        cfg = self.config
+        plateau = None if cfg.stop_rel_tol is None else LossPlateau(cfg.stop_window, cfg.stop_rel_tol)
+        self.last_fit_steps = 0
         with _settings(jitter):
             for _ in range(steps):
                 opt.zero_grad()
@@ -291,6 +305,9 @@ class Surrogate:
                     raise _Retry(str(err)) from err
                 opt.step()
                 self.last_fit_loss = float(loss.detach())
+                self.last_fit_steps += 1
+                if plateau is not None and plateau.update(self.last_fit_loss):
+                    break
         model.eval()
 
     # -- prediction ------------------------------------------------------------------
