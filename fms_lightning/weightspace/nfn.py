@@ -7,7 +7,8 @@ CNNs (:mod:`fms_lightning.weightspace._chain` defines their weight space).
 Glossary (Zhou et al. 2023, §2-3; blocks are batched over ``B`` networks):
     L            number of layers; layer ``i`` maps neuron set ``N_{i-1}`` to ``N_i``.
     n_l          ``|N_l|``: ``n_0`` inputs, ``n_L`` outputs, ``n_1 .. n_{L-1}`` hidden neurons/channels.
-    W^(i)        `(B, n_i, n_{i-1}, c)` weight features of layer ``i`` (row ``j`` in ``N_i``, column ``k`` in ``N_{i-1}``).
+    W^(i)        `(B, n_i, n_{i-1}, c)` weight features of layer ``i`` (row ``j`` in ``N_i``, column ``k``
+                 in ``N_{i-1}``).
     b^(i)        `(B, n_i, c)` bias features of layer ``i``.
     z_l          `(B, n_l, .)` summary of ``N_l``: row mean of ``W^(l)``, column mean of ``W^(l+1)``, ``b^(l)``.
     g            `(B, .)` global summary: each block's mean over its neuron axes.
@@ -92,7 +93,8 @@ def invariant_pool(ws: Sequence[Tensor], bs: Sequence[Tensor]) -> Tensor:
 
 
 def io_encode(ws: Sequence[Tensor], bs: Sequence[Tensor], e_in: Tensor, e_out: Tensor) -> Blocks:
-    """Concatenate ``e_in`` `(n_0, p)` to the columns of ``W^(1)`` and ``e_out`` `(n_L, p)` to the rows of ``W^(L)`` and ``b^(L)``.
+    """IO encoding: ``e_in`` `(n_0, p)` joins the channels of ``W^(1)`` per column; ``e_out`` `(n_L, p)`
+    those of ``W^(L)`` and ``b^(L)`` per row.
 
     Returns:
         New lists; ``W^(1)`` and ``W^(L)`` gain ``p`` channels each (``2 p`` when ``L = 1``), ``b^(L)`` ``p``.
@@ -213,7 +215,9 @@ class NFNEncoder(nn.Module):
         widths = (2 * len(layers) * hidden[-1], *readout, int(out_dim))
         mods: list[nn.Module] = []
         for i in range(len(widths) - 1):
-            mods += [nn.Linear(widths[i], widths[i + 1])] + ([nn.LeakyReLU(negative_slope)] if i < len(widths) - 2 else [])
+            mods.append(nn.Linear(widths[i], widths[i + 1]))
+            if i < len(widths) - 2:
+                mods.append(nn.LeakyReLU(negative_slope))
         self.readout = nn.Sequential(*mods)
         self.out_dim = int(out_dim)
 
