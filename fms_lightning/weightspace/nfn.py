@@ -125,24 +125,30 @@ class NPLayer(nn.Module):
                                      f"{list(b_channels)}, d={out_channels}.")
         zc = [(w_channels[lv - 1] + b_channels[lv - 1] if lv >= 1 else 0) + (w_channels[lv] if lv < n else 0)
               for lv in range(n + 1)]
-        gc, d = sum(w_channels) + sum(b_channels), int(out_channels)
-        self.w_self = nn.ModuleList(nn.Linear(c, d) for c in w_channels)  # A_i, beta_i
-        self.w_row = nn.ModuleList(nn.Linear(zc[i + 1], d, bias=False) for i in range(n))  # R_i
-        self.w_col = nn.ModuleList(nn.Linear(zc[i], d, bias=False) for i in range(n))  # C_i
-        self.w_glob = nn.ModuleList(nn.Linear(gc, d, bias=False) for _ in range(n))  # G_i
-        self.b_node = nn.ModuleList(nn.Linear(zc[i + 1], d) for i in range(n))  # E_i, gamma_i
-        self.b_glob = nn.ModuleList(nn.Linear(gc, d, bias=False) for _ in range(n))  # H_i
+        d = int(out_channels)
+        self.w_self = nn.ModuleList(nn.Linear(c, d, bias=False) for c in w_channels)  # A_i
+        # one map per neuron set N_l, for the terms that read z_l: [R_l, E_l] (l >= 1), then C_{l+1} (l < L)
+        self.z_lin = nn.ModuleList(
+            nn.Linear(zc[lv], d * ((2 if lv >= 1 else 0) + (1 if lv < n else 0)), bias=False) for lv in range(n + 1)
+        )
+        # one map for every global term: [G_1, H_1, ..., G_L, H_L], its bias [beta_1, gamma_1, ...]
+        self.g_lin = nn.Linear(sum(w_channels) + sum(b_channels), 2 * n * d)
         self.out_channels = d
 
     def forward(self, ws: Sequence[Tensor], bs: Sequence[Tensor]) -> Blocks:
         """Args: ``ws`` `(B, n_i, n_{i-1}, c_i)`, ``bs`` `(B, n_i, cb_i)`.
         Returns: the same shapes with ``d`` channels."""
-        z, g = neuron_summaries(ws, bs), global_summary(ws, bs)
+        d = self.out_channels
+        z = [lin(t) for lin, t in zip(self.z_lin, neuron_summaries(ws, bs))]  # `(B, n_l, k_l d)`
+        g = self.g_lin(global_summary(ws, bs)).unflatten(-1, (2 * len(ws), d))  # `(B, 2 L, d)`
         out_w, out_b = [], []
-        for i, w in enumerate(ws):
-            out_w.append(self.w_self[i](w) + self.w_row[i](z[i + 1]).unsqueeze(2) + self.w_col[i](z[i]).unsqueeze(1)
-                         + self.w_glob[i](g)[:, None, None])
-            out_b.append(self.b_node[i](z[i + 1]) + self.b_glob[i](g)[:, None])
+        for i, w in enumerate(ws):  # W^(i+1): rows N_{i+1}, columns N_i
+            rows, cols = z[i + 1], z[i]
+            y = self.w_self[i](w)  # fresh output of a Linear: safe to add into in place
+            y += (rows[..., :d] + g[:, 2 * i, None]).unsqueeze(2)  # z_{i,j} R_i + g G_i + beta_i
+            y += cols[..., -d:].unsqueeze(1)  # z_{i-1,k} C_i
+            out_w.append(y)
+            out_b.append(rows[..., d : 2 * d] + g[:, 2 * i + 1, None])  # z_{i,j} E_i + g H_i + gamma_i
         return out_w, out_b
 
 
