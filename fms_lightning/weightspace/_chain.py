@@ -39,7 +39,7 @@ __all__ = ["ChainLayer", "ChainSpec", "chain_from_module", "chain_from_state_dic
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm)
 # activations, dropout, pooling, flatten: parameter-free and channel-wise
-_PARAMETER_FREE = (nn.Flatten, nn.Unflatten) + tuple(
+_PARAMETER_FREE = (nn.Flatten,) + tuple(
     t for t in LEAF_TYPES if not issubclass(t, _LAYERS + _NORMS + (nn.GroupNorm, nn.Embedding, nn.MultiheadAttention))
 )
 _META = {getattr, "size", "dim", "numel", "__getattribute__"}
@@ -253,11 +253,12 @@ def chain_from_state_dict(state_dict: Mapping[str, Tensor], *, what: str = "the 
     for prefix, leaves in modules.items():
         name = prefix[:-1] or "<root>"
         odd = [leaf for leaf in leaves if leaf not in _NORM_KEYS]
-        if odd or "weight" not in leaves:
+        stats_only = "weight" not in leaves and "running_mean" in leaves  # BatchNorm(affine=False)
+        if odd or ("weight" not in leaves and not stats_only):
             bad = f"{prefix}{odd[0] if odd else leaves[0]}"
             raise b.refuse(name, f"holds '{bad}' {shapes[bad]}, which is not the weight, bias or running "
                            "statistic of a Linear/Conv/norm layer")
-        nd = len(shapes[f"{prefix}weight"])
+        nd = 1 if stats_only else len(shapes[f"{prefix}weight"])
         if nd >= 2:
             b.layer(name, prefix, conv=nd >= 3)
         else:

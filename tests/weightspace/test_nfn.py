@@ -160,6 +160,21 @@ def test_spec_of_the_zoo_hub_cnn():
     assert chain_from_state_dict(DigitsConvNet(c1=4, c2=8).state_dict()) == spec
 
 
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_a_state_dict_gives_the_same_chain_as_tracing(name):
+    model = _build(name)
+    assert chain_from_state_dict(model.state_dict()) == chain_from_module(model)
+
+
+def test_batchnorm_without_affine_parameters_keeps_its_running_statistics():
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3, affine=False), nn.ReLU(), nn.Flatten(),
+                          nn.LazyLinear(2))
+    model(torch.zeros(1, 1, 5, 5))
+    spec = chain_from_module(model)
+    assert spec.layers[0].extras == ("1.running_mean", "1.running_var") and spec.layers[1].channels == 9
+    assert chain_from_state_dict(model.state_dict()) == spec
+
+
 def test_batchnorm_parameters_are_bias_channels():
     spec = chain_from_module(_cnn(True))
     assert spec.layers[0].extras == ("1.weight", "1.bias", "1.running_mean", "1.running_var")
