@@ -27,6 +27,16 @@ logger = logging.getLogger(__name__)
 __all__ = ["GMNEncoder", "FlatEncoder"]
 
 
+def _leaky_mlp(widths: Sequence[int], negative_slope: float) -> nn.Sequential:
+    """``Linear`` layers of ``widths`` with a leaky ReLU between them (none after the last)."""
+    mods: list[nn.Module] = []
+    for i in range(len(widths) - 1):
+        mods.append(nn.Linear(widths[i], widths[i + 1]))
+        if i < len(widths) - 2:
+            mods.append(nn.LeakyReLU(negative_slope))
+    return nn.Sequential(*mods)
+
+
 class _GatedEdgeConv(MessagePassing):
     """One GMN layer: an edge-conditioned convolution with rank-``C`` edge weights.
 
@@ -274,13 +284,7 @@ class FlatEncoder(nn.Module):
         self.max_kernel_size = int(reference.edge_attr.shape[1] - edge_feature_dim(0))
         raw = self.num_nodes * len(NODE_VALUE_SLOTS) + self.num_edges * self.max_kernel_size
         self.in_dim = min(raw, int(max_inputs))
-        widths = (self.in_dim, *[int(h) for h in hidden], int(out_dim))
-        mods: list[nn.Module] = []
-        for i in range(len(widths) - 1):
-            mods.append(nn.Linear(widths[i], widths[i + 1]))
-            if i < len(widths) - 2:
-                mods.append(nn.LeakyReLU(negative_slope))
-        self.mlp = nn.Sequential(*mods)
+        self.mlp = _leaky_mlp((self.in_dim, *[int(h) for h in hidden], int(out_dim)), negative_slope)
         self.out_dim = int(out_dim)
 
     def forward(self, data: Data | Batch) -> Tensor:

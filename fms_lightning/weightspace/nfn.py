@@ -48,6 +48,7 @@ from torch_geometric.data import Data
 
 from fms_lightning.errors import ConfigurationError, IncompatibleWeightsError
 from fms_lightning.weightspace._chain import ChainSpec, chain_from_module, chain_from_state_dict
+from fms_lightning.weightspace.encoders import _leaky_mlp
 
 __all__ = ["NFNEncoder", "NPLayer", "neuron_summaries", "global_summary", "invariant_pool", "io_encode"]
 
@@ -218,13 +219,7 @@ class NFNEncoder(nn.Module):
         for d in hidden:
             self.layers.append(NPLayer(wc, bc, d))
             wc, bc = [d] * len(layers), [d] * len(layers)
-        widths = (2 * len(layers) * hidden[-1], *readout, int(out_dim))
-        mods: list[nn.Module] = []
-        for i in range(len(widths) - 1):
-            mods.append(nn.Linear(widths[i], widths[i + 1]))
-            if i < len(widths) - 2:
-                mods.append(nn.LeakyReLU(negative_slope))
-        self.readout = nn.Sequential(*mods)
+        self.readout = _leaky_mlp((2 * len(layers) * hidden[-1], *readout, int(out_dim)), negative_slope)
         self.out_dim = int(out_dim)
 
     # -- inputs ---------------------------------------------------------------------------
