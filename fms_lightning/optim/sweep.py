@@ -9,6 +9,9 @@ and ``parallel > 1`` they run in separate local processes (``forkserver``, else
 each trial is a Ray task (one CPU), ``parallel`` at a time, on the Ray runtime
 this process is connected to (a local one is started, and stopped afterwards,
 if there is none); a trial whose worker or node is lost is run again.
+
+The trials run on the generic executors of :mod:`fms_lightning._parallel`. The
+recipe runner and the ``sweep`` sub-command are in :mod:`fms_lightning.optim.sweep_cli`.
 """
 
 from __future__ import annotations
@@ -321,11 +324,3 @@ def _check_picklable(executor: str, shared: Any, parallel: int) -> None:
             "functools.partial, or parallel=1."
         ) from err
 
-
-def __getattr__(name: str) -> Any:
-    """``run_sweep_recipe`` and ``register`` live in :mod:`fms_lightning.optim.sweep_cli` (kept here as aliases)."""
-    if name in ("run_sweep_recipe", "register"):
-        from fms_lightning.optim import sweep_cli
-
-        return getattr(sweep_cli, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
