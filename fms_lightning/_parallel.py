@@ -124,7 +124,22 @@ class LocalExecutor:
         self._queue.clear()
 
 
-class ProcessExecutor:
+class _Handles:
+    """An executor that keeps its jobs in flight by a handle (a future, a Ray object ref)."""
+
+    _inflight: dict[Any, Any]
+
+    def __len__(self) -> int:
+        return len(self._inflight)
+
+    @property
+    def in_flight(self) -> list[Any]:
+        """The jobs submitted and not yet handed back."""
+        return list(self._inflight.values())
+
+
+
+class ProcessExecutor(_Handles):
     """Runs ``fn(shared, job)`` in up to ``max_workers`` local processes.
 
     ``fn``, ``shared`` and the jobs are pickled to the processes.
@@ -142,14 +157,6 @@ class ProcessExecutor:
         self.capacity = max_workers
         self._pool = cf.ProcessPoolExecutor(max_workers=max_workers, mp_context=mp_context)
         self._inflight: dict[cf.Future[Any], Any] = {}
-
-    def __len__(self) -> int:
-        return len(self._inflight)
-
-    @property
-    def in_flight(self) -> list[Any]:
-        """The jobs submitted and not yet handed back."""
-        return list(self._inflight.values())
 
     def submit(self, job: Any) -> None:
         self._inflight[self._pool.submit(self._fn, self._shared, job)] = job
@@ -170,7 +177,7 @@ class ProcessExecutor:
         self._inflight.clear()
 
 
-class RayExecutor:
+class RayExecutor(_Handles):
     """Runs ``fn(shared, job)`` as Ray tasks, up to ``max_concurrent`` at once.
 
     Args:
@@ -201,14 +208,6 @@ class RayExecutor:
         # No automatic retries: the caller decides what a lost worker means (it knows what was committed).
         self._task = self._ray.remote(fn).options(max_retries=0, **({"num_cpus": 1} | dict(resources or {})))
         self._inflight: dict[Any, Any] = {}
-
-    def __len__(self) -> int:
-        return len(self._inflight)
-
-    @property
-    def in_flight(self) -> list[Any]:
-        """The jobs submitted and not yet handed back."""
-        return list(self._inflight.values())
 
     def submit(self, job: Any) -> None:
         self._inflight[self._task.remote(self._shared, job)] = job
