@@ -138,7 +138,6 @@ class _Handles:
         return list(self._inflight.values())
 
 
-
 class ProcessExecutor(_Handles):
     """Runs ``fn(shared, job)`` in up to ``max_workers`` local processes.
 
