@@ -75,3 +75,10 @@ class HubError(FMSError, ValueError):
 
 class TrialFailedError(FMSError, RuntimeError):
     """A trial raised during training; the reason is kept in the study."""
+
+
+class UnknownHubError(HubError, KeyError):
+    """A model hub was asked for an entry name it does not have (the message lists the valid ones)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message otherwise
+        return str(self.args[0]) if self.args else ""

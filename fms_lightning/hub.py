@@ -46,7 +46,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fms_lightning.errors import HubError, StudyError, UnknownPresetError
+from fms_lightning._imports import first_line
+from fms_lightning._imports import import_object as _import_object
+from fms_lightning.errors import HubError, StudyError, UnknownHubError
 from fms_lightning.study import load_weights_file
 
 __all__ = ["HubEntry", "ModelHub", "import_object", "LIBRARY_FACTORIES"]
@@ -67,18 +69,7 @@ def import_object(spec: str) -> Any:
     Raises:
         HubError: If the string is malformed or the object cannot be imported.
     """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise HubError(f"Expected 'package.module:attribute', got {spec!r}.")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as err:
-        raise HubError(f"Cannot import {spec!r}: {err}") from err
-    except Exception as err:  # noqa: BLE001 - a module that raises on import
-        raise HubError(f"Importing {spec!r} raised {type(err).__name__}: {_first_line(err)}") from err
-    return obj
+    return _import_object(spec, error=HubError)
 
 
 def _check_name(name: str) -> None:
@@ -188,12 +179,12 @@ class ModelHub(Sequence[HubEntry]):
         """The entry called ``name``.
 
         Raises:
-            UnknownPresetError: (a ``KeyError``) listing the valid names.
+            UnknownHubError: (a ``KeyError``) listing the valid names.
         """
         try:
             return self._by_name[name]
         except KeyError:
-            raise UnknownPresetError(f"No hub entry {name!r}; the hub has {self.names}.") from None
+            raise UnknownHubError(f"No hub entry {name!r}; the hub has {self.names}.") from None
 
     @classmethod
     def from_directory(
@@ -242,7 +233,7 @@ class ModelHub(Sequence[HubEntry]):
 
                 data = yaml.safe_load(text)
         except Exception as err:  # noqa: BLE001
-            raise HubError(f"Manifest {str(manifest)!r} cannot be read or parsed: {_first_line(err)}") from err
+            raise HubError(f"Manifest {str(manifest)!r} cannot be read or parsed: {first_line(err)}") from err
         items = data.get("entries") if isinstance(data, Mapping) else None
         if not isinstance(items, list) or not items:
             raise HubError(f"Manifest {str(manifest)!r} needs a non-empty list under 'entries'.")
@@ -270,11 +261,6 @@ class ModelHub(Sequence[HubEntry]):
         entries = [HubEntry(name, _load_factory(plan, root), weights, kwargs, metadata)
                    for name, plan, weights, kwargs, metadata in plans]
         return cls(entries)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def _callable_spec(fn: Callable[..., Any]) -> str:

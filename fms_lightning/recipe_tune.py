@@ -1,7 +1,9 @@
 """Run FMSTuner from an omegaconf recipe (``fms-lightning tune RECIPE [key=value ...]``).
 
-A tuning recipe has exactly these keys (``recipes/digits_hub.yaml`` is the
-embedded default)::
+A tuning recipe has one key per :class:`~fms_lightning.tuner.FMSTuner` argument
+(the schema is read from its signature, so the two cannot drift), plus
+``trusted_factories``, ``trust_hub_code`` and ``threads``
+(``recipes/digits_hub.yaml`` is the embedded default)::
 
     study_dir: runs/digits_hub          # the study folder (continued if it exists)
     method: fms-gmn                     # fms-gmn | fms-flat | dyhpo | gp | random
@@ -27,6 +29,8 @@ embedded default)::
     storage: null                       # checkpoints/snapshots: a path or fsspec URL workers reach (null: study_dir)
     ray_address: null                   # the Ray cluster (null: RAY_ADDRESS, else a local one)
     max_consecutive_failures: 5         # stop after this many trials in a row fail
+    resources_per_trial: null           # Ray resources of each segment (null: {num_cpus: 1})
+    max_lost_worker_retries: 3          # re-runs of a segment whose Ray worker was lost
 
 A hub folder's manifest names the factories that build its models. Only the
 library's own factories and those listed in ``trusted_factories`` are imported;
@@ -36,46 +40,80 @@ any other is refused before it is imported, unless ``trust_hub_code: true``
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import sys
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fms_lightning.errors import ConfigurationError
+from fms_lightning.recipes import BUILTINS
 
 __all__ = ["TuneRecipe", "validate_recipe", "run_tune_recipe", "tuner_from_recipe"]
 
+#: Recipe keys whose FMSTuner argument has another name.
+_RECIPE_KEY = {"build": "module", "space": "search_space", "trainer_kwargs": "trainer", "optimizer_kwargs": "optimizer"}
+#: Recipe keys and types where the argument's annotation says less (a string to import, a block of options).
+_RECIPE_TYPE: dict[str, Any] = {"module": str, "datamodule": str, "search_space": dict[str, Any], "hub": Any,
+                                "trainer": dict[str, Any], "optimizer": dict[str, Any]}
+#: Recipe defaults where the tuner has none, or another one.
+_RECIPE_DEFAULT: dict[str, Any] = {
+    "study_dir": "runs/study", "monitor": "val_acc", "mode": "max", "budget_epochs": 40, "max_epochs_per_trial": 8,
+    "hub": "digits", "module": BUILTINS["tune.module"], "datamodule": BUILTINS["tune.datamodule"],
+    "search_space": {}, "trainer": {}, "optimizer": {},
+}
+#: Keys of a recipe that are not tuner arguments: (type, default).
+_RECIPE_ONLY: dict[str, tuple[Any, Any]] = {
+    "trusted_factories": (list[str], []), "trust_hub_code": (bool, False), "threads": (Any, None),
+}
 
-@dataclass
-class TuneRecipe:
-    """The schema of a tuning recipe; omegaconf checks keys and types against it."""
 
-    study_dir: str = "runs/study"
-    method: str = "fms-gmn"
-    gmn_training: Any = None
-    seed: int = 0
-    monitor: str = "val_acc"
-    mode: str = "max"
-    budget_epochs: int = 40
-    max_epochs_per_trial: int = 8
-    hub: Any = "digits"
-    trusted_factories: list[str] = field(default_factory=list)
-    trust_hub_code: bool = False
-    module: str = "fms_lightning.examples.digits_hub:build_hub_classifier"
-    datamodule: str = "fms_lightning.examples.digits_hub:target_datamodule"
-    search_space: dict[str, Any] = field(default_factory=dict)
-    optimizer: dict[str, Any] = field(default_factory=dict)
-    trainer: dict[str, Any] = field(default_factory=dict)
-    progress: bool = True
-    threads: Any = None
-    surrogate_threads: Any = 1
-    executor: str = "local"
-    max_concurrent: int = 1
-    storage: Any = None
-    ray_address: Any = None
-    max_consecutive_failures: int = 5
+def _tuner_parameters() -> list[inspect.Parameter]:
+    """``FMSTuner.__init__``'s arguments (without ``self``); the recipe schema follows them."""
+    from fms_lightning.tuner import FMSTuner
+
+    return list(inspect.signature(FMSTuner.__init__).parameters.values())[1:]
+
+
+def _recipe_type(annotation: Any) -> Any:
+    """The omegaconf type of a tuner argument: ``int``, ``bool`` or ``str`` (also for a ``Literal``), else ``Any``."""
+    if isinstance(annotation, type):
+        return annotation if annotation in (int, bool, str) else Any
+    text = str(annotation).replace(" ", "")
+    if "None" in text.split("|"):  # optional: null is a value
+        return Any
+    first = text.split("|")[0]
+    return {"int": int, "bool": bool, "str": str}.get(first, str if first.startswith("Literal[") else Any)
+
+
+def _field(name: str, kind: Any, default: Any) -> tuple[str, Any, Any]:
+    if isinstance(default, (dict, list)):
+        return name, kind, dataclasses.field(default_factory=functools.partial(type(default), default))
+    return name, kind, dataclasses.field(default=default)
+
+
+@functools.cache
+def _schema() -> type:
+    """The recipe schema: one key per ``FMSTuner`` argument, plus :data:`_RECIPE_ONLY`."""
+    fields = []
+    for p in _tuner_parameters():
+        key = _RECIPE_KEY.get(p.name, p.name)
+        default = _RECIPE_DEFAULT.get(key, None if p.default is inspect.Parameter.empty else p.default)
+        fields.append(_field(key, _RECIPE_TYPE.get(key, _recipe_type(p.annotation)), default))
+    fields += [_field(key, kind, default) for key, (kind, default) in _RECIPE_ONLY.items()]
+    schema = dataclasses.make_dataclass("TuneRecipe", fields)
+    schema.__module__ = __name__
+    schema.__doc__ = "The schema of a tuning recipe (from FMSTuner's arguments); omegaconf checks keys and types."
+    return schema
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TuneRecipe":  # built on first use: it imports the tuner
+        return _schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def validate_recipe(cfg: DictConfig | dict[str, Any]) -> DictConfig:
@@ -85,13 +123,13 @@ def validate_recipe(cfg: DictConfig | dict[str, Any]) -> DictConfig:
         ConfigurationError: Naming the unknown key (and the accepted ones) or the
             key with a wrong type (and the expected type).
     """
-    schema = OmegaConf.structured(TuneRecipe)
+    schema = _schema()
     try:
-        merged = OmegaConf.merge(schema, cfg)
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or getattr(err, "key", None)
         detail = str(err).splitlines()[0].rstrip(".")
-        fields = TuneRecipe.__dataclass_fields__
+        fields = schema.__dataclass_fields__  # type: ignore[attr-defined]
         if key in fields:  # a known key with a value of the wrong type
             expected = getattr(fields[key].type, "__name__", str(fields[key].type))
             hint = f"expected a value of type {expected}"
@@ -108,13 +146,12 @@ def validate_recipe(cfg: DictConfig | dict[str, Any]) -> DictConfig:
 def _resolve_hub(spec: Any, seed: int, stream: TextIO, *, trusted_factories: Any = (),
                  trust_code: bool = False) -> Any:
     from fms_lightning.hub import ModelHub
+    from fms_lightning.recipes import builtin
 
     if spec in (None, "", "none"):
         return None
     if spec == "digits":
-        from fms_lightning.examples.digits_hub import digits_hub
-
-        return digits_hub(stream=stream)
+        return builtin("hub.digits")(stream=stream)
     return ModelHub.from_directory(str(spec), trusted_factories=list(trusted_factories or ()), trust_code=trust_code)
 
 
@@ -159,18 +196,10 @@ def tuner_from_recipe(cfg: DictConfig | dict[str, Any]) -> tuple[Any, dict[str, 
             if hub is None:
                 raise ConfigurationError(f"search_space.{name} uses the hub's entries but the recipe has hub: null.")
             spec[name] = {**entry, "values": list(hub.names)}
-    space = SearchSpace.from_dict(spec)
-    build = import_object(plain["module"])
-    datamodule = _datamodule_factory(import_object(plain["datamodule"]))
-    tuner = FMSTuner(
-        build, datamodule, space, hub, monitor=plain["monitor"], mode=plain["mode"],
-        budget_epochs=int(plain["budget_epochs"]), max_epochs_per_trial=int(plain["max_epochs_per_trial"]),
-        method=plain["method"], study_dir=plain["study_dir"], seed=int(plain["seed"]),
-        trainer_kwargs=plain["trainer"], optimizer_kwargs=plain["optimizer"], progress=bool(plain["progress"]),
-        executor=plain["executor"], max_concurrent=int(plain["max_concurrent"]), storage=plain["storage"],
-        ray_address=plain["ray_address"], gmn_training=plain["gmn_training"],
-        surrogate_threads=plain["surrogate_threads"], max_consecutive_failures=int(plain["max_consecutive_failures"]),
-    )
+    args = {p.name: plain[_RECIPE_KEY.get(p.name, p.name)] for p in _tuner_parameters()}
+    args |= {"build": import_object(plain["module"]), "space": SearchSpace.from_dict(spec), "hub": hub,
+             "datamodule": _datamodule_factory(import_object(plain["datamodule"]))}
+    tuner = FMSTuner(**args)
     return tuner, plain
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,6 @@ class TuneResult:
     budget_used: int
     study_dir: str
     plot: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def export_best(self, path: str | os.PathLike[str]) -> Path:
         """Copy the best weights and write their config next to them.

@@ -1,20 +1,48 @@
 """The omegaconf recipes of fms_lightning, and helpers to find and load them.
 
 This folder is installed as ``fms_lightning.recipes``; its YAML files ship with the package.
+
+The shipped recipes train the library's examples (``fms_lightning.examples``). A
+recipe names them as ``pkg.mod:attr`` strings; the few a recipe may leave out
+(the demo's model and data, the embedded ``digits`` hub) are listed in
+:data:`BUILTINS` and imported by :func:`builtin` only when used, so the library
+itself never imports the examples.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fms_lightning.errors import ConfigurationError, UnknownPresetError
 
-__all__ = ["recipe_path", "load_recipe", "available_recipes"]
+__all__ = ["BUILTINS", "builtin", "recipe_path", "load_recipe", "available_recipes"]
+
+#: What a recipe gets when it leaves something out, by role, as ``pkg.mod:attr``.
+BUILTINS: Mapping[str, str] = {
+    "demo": "fms_lightning.examples.demo:run_demo",  # `fms-lightning demo`: train with one preset
+    "demo.model": "fms_lightning.examples.digits:DigitsCNN",  # a list recipe without `module`
+    "demo.data": "fms_lightning.examples.sklearn_data:SklearnDataModule",  # ... without `datamodule`
+    "hub.digits": "fms_lightning.examples.digits_hub:digits_hub",  # a tuning recipe's `hub: digits`
+    "tune.module": "fms_lightning.examples.digits_hub:build_hub_classifier",  # ... without `module`
+    "tune.datamodule": "fms_lightning.examples.digits_hub:target_datamodule",  # ... without `datamodule`
+}
+
+
+def builtin(role: str) -> Any:
+    """Import the object :data:`BUILTINS` names for ``role`` (e.g. ``"demo.model"``).
+
+    Raises:
+        KeyError: For a role that is not in :data:`BUILTINS`.
+    """
+    from fms_lightning._imports import import_object
+
+    return import_object(BUILTINS[role])
 
 
 def available_recipes() -> list[str]:

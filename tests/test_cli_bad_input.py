@@ -202,7 +202,7 @@ def test_errors_lose_terminal_colours_and_line_breaks(capsys, monkeypatch) -> No
     def broken(args):
         raise HubError("Hub entry 'x': weights do not fit:\n\tMissing key(s) in \x1b[1mstate_dict\x1b[0m: " + "w" * 900)
 
-    monkeypatch.setattr(cli, "_cmd_status", broken)
+    monkeypatch.setattr(cli.status, "_run", broken)
     assert main(["status", "anywhere"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "\x1b" not in err and len(err) < 700

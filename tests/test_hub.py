@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from fms_lightning.errors import HubError
+from fms_lightning.errors import HubError, UnknownHubError
 from fms_lightning.hub import HubEntry, ModelHub
 
 
@@ -52,6 +52,9 @@ def test_unknown_entry_lists_the_valid_ones(tmp_path) -> None:
     hub = ModelHub([HubEntry("one", make_mlp), HubEntry("two", make_mlp)])
     with pytest.raises(KeyError, match=r"\['one', 'two'\]"):
         hub["three"]
+    with pytest.raises(UnknownHubError, match=r"^No hub entry 'three'; the hub has \['one', 'two'\]\.$") as info:
+        hub.get("three")
+    assert isinstance(info.value, HubError)  # a hub error, and a KeyError as a mapping's lookup raises
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", "..", "", ".hidden"])

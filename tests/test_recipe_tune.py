@@ -147,3 +147,30 @@ def test_an_empty_override_means_what_it_says() -> None:
         validate_recipe(cfg)
     assert set(load_recipe("digits_hub", ["search_space.lr.low=0.01"]).search_space) == {
         "model", "dropout", "batch_size", "lr", "momentum", "weight_decay"}  # a non-empty value still merges
+
+
+def test_every_tuner_argument_is_a_recipe_key() -> None:
+    """The recipe schema is read from FMSTuner's signature: adding an argument adds a recipe key."""
+    import dataclasses
+    import inspect
+
+    from fms_lightning.recipe_tune import TuneRecipe
+    from fms_lightning.tuner import FMSTuner
+
+    keys = {f.name for f in dataclasses.fields(TuneRecipe)}
+    renamed = {"build": "module", "space": "search_space", "trainer_kwargs": "trainer",
+               "optimizer_kwargs": "optimizer"}
+    arguments = list(inspect.signature(FMSTuner.__init__).parameters)[1:]
+    missing = [a for a in arguments if renamed.get(a, a) not in keys]
+    assert not missing, f"FMSTuner arguments without a recipe key: {missing}"
+    assert keys - {renamed.get(a, a) for a in arguments} == {"trusted_factories", "trust_hub_code", "threads"}
+
+
+def test_the_late_tuner_arguments_can_be_set_from_a_recipe(tmp_path) -> None:
+    from fms_lightning.recipe_tune import tuner_from_recipe
+
+    recipe = _tiny_hub_recipe(tmp_path, trusted_factories=["tests.tiny_task:make_mlp"])
+    tuner = tuner_from_recipe({**recipe, "max_lost_worker_retries": 1, "resources_per_trial": {"num_cpus": 2}})[0]
+    assert tuner.max_lost_worker_retries == 1 and dict(tuner.resources_per_trial) == {"num_cpus": 2}
+    with pytest.raises(ConfigurationError, match="max_lost_worker_retries.*type int"):
+        validate_recipe({**recipe, "max_lost_worker_retries": "often"})

@@ -9,29 +9,34 @@ and ``parallel > 1`` they run in separate local processes (``forkserver``, else
 each trial is a Ray task (one CPU), ``parallel`` at a time, on the Ray runtime
 this process is connected to (a local one is started, and stopped afterwards,
 if there is none); a trial whose worker or node is lost is run again.
+
+The trials run on the generic executors of :mod:`fms_lightning._parallel`. The
+recipe runner and the ``sweep`` sub-command are in :mod:`fms_lightning.optim.sweep_cli`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import multiprocessing
 import os
 import pickle
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from fms_lightning._parallel import (
+    Executor, LocalExecutor, LostWorker, LostWorkerRetries, ProcessExecutor, RayExecutor, RayFailure, run_all,
+)
 from fms_lightning._ray import check_executor, require_ray
+from fms_lightning._trainer import trial_trainer_kwargs
 from fms_lightning.errors import ConfigurationError, FMSError, MissingMetricError, TrialFailedError
 from fms_lightning.optim.module import NAdamWListModule
 from fms_lightning.optim.presets import NADAMW_LIST, NAdamWPoint, preset_name
 
-__all__ = ["SweepTrial", "SweepResult", "sweep", "run_sweep_recipe", "register"]
+__all__ = ["SweepTrial", "SweepResult", "sweep"]
 
 ModuleFactory = Callable[[NAdamWPoint], NAdamWListModule]
 Mode = Literal["min", "max"]
@@ -146,12 +151,7 @@ def _run_trial(
             f"{type(model).__name__}; subclass fms_lightning.optim.NAdamWListModule."
         )
     recorder = _Recorder(monitor)
-    options: dict[str, Any] = {
-        "accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-        "enable_model_summary": False, "num_sanity_val_steps": 0, "deterministic": True,
-    }
-    options.update(trainer_kwargs)
-    options["callbacks"] = [*options.get("callbacks", []), recorder]
+    options = trial_trainer_kwargs(trainer_kwargs, logger=False, after=[recorder])
     try:
         pl.Trainer(max_epochs=max_epochs, **options).fit(model, datamodule=datamodule)
     except FMSError:
@@ -258,85 +258,69 @@ def sweep(
         raise ConfigurationError(f"mode must be 'min' or 'max', got {mode!r}.")
     if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
         raise ConfigurationError(f"max_epochs must be a positive integer, got {max_epochs!r}.")
-    if isinstance(max_lost_worker_retries, bool) or not isinstance(max_lost_worker_retries, int) \
-            or max_lost_worker_retries < 0:
-        raise ConfigurationError(f"max_lost_worker_retries must be an integer >= 0, got {max_lost_worker_retries!r}.")
+    retries = LostWorkerRetries(max_lost_worker_retries)
     workers = min(parallel, top)
     kwargs = dict(trainer_kwargs or {})
     jobs = [(rank, points[rank - 1]) for rank in range(1, top + 1)]
-    run = functools.partial(
-        _run_trial, module_factory=module_factory, datamodule=datamodule, max_epochs=max_epochs, monitor=monitor,
-        mode=mode, seed=seed, trainer_kwargs=kwargs,
-    )
+    threads: int | None = None  # torch threads of each trial (None: this process's)
     if executor == "ray":
-        trials = _run_on_ray(jobs, module_factory, datamodule, kwargs, workers, ray_address,
-                             max_lost_worker_retries + 1, dict(max_epochs=max_epochs, monitor=monitor, mode=mode,
-                                                               seed=seed))
-    elif workers == 1:
-        trials = [run(rank, point, threads=None) for rank, point in jobs]
-    else:
-        try:
-            pickle.dumps((module_factory, datamodule, kwargs))
-        except Exception as err:  # noqa: BLE001 - pickling can raise many types
-            raise ConfigurationError(
-                f"With parallel={parallel}, the module factory, datamodule and trainer_kwargs go to other "
-                f"processes and must be picklable, but pickling failed: {err}. Use a module-level function or "
-                "functools.partial, or parallel=1."
-            ) from err
+        threads = RAY_TRIAL_CPUS
+    elif workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
-        context = _process_context()
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = [pool.submit(run, rank, point, threads=threads) for rank, point in jobs]
-            trials = [f.result() for f in futures]
+    if threads is not None:
+        _check_picklable(executor, (module_factory, datamodule, kwargs), parallel)
+    shared = (module_factory, datamodule, kwargs,
+              dict(max_epochs=max_epochs, monitor=monitor, mode=mode, seed=seed, threads=threads))
+    pool: Executor
+    if executor == "ray":
+        pool = RayExecutor(_run_job, shared, workers, address=ray_address, resources={"num_cpus": RAY_TRIAL_CPUS})
+    elif workers > 1:
+        pool = ProcessExecutor(_run_job, shared, workers, mp_context=_process_context())
+    else:
+        pool = LocalExecutor(_run_job, shared)
+    outcomes = run_all(pool, jobs, retries)
+    trials = [_as_trial(job, outcome, retries.times_lost(i)) for i, (job, outcome) in enumerate(zip(jobs, outcomes))]
     return SweepResult(tuple(trials), monitor, mode)
 
 
-def _run_ray_trial(shared: tuple[Any, Any, Any, dict[str, Any]], job: tuple[int, NAdamWPoint, int]) -> SweepTrial:
-    """``_run_trial`` in a Ray task; ``shared``: (factory, datamodule, trainer_kwargs, options), stored once."""
+def _run_job(shared: tuple[Any, Any, Any, dict[str, Any]], job: tuple[int, NAdamWPoint]) -> SweepTrial:
+    """``_run_trial`` as an executor job; ``shared``: (factory, datamodule, trainer_kwargs, options)."""
     module_factory, datamodule, trainer_kwargs, options = shared
-    rank, point, _ = job
-    return _run_trial(rank, point, module_factory, datamodule, trainer_kwargs=trainer_kwargs,
-                      threads=RAY_TRIAL_CPUS, **options)
+    rank, point = job
+    return _run_trial(rank, point, module_factory, datamodule, trainer_kwargs=trainer_kwargs, **options)
 
 
-def _run_on_ray(
-    jobs: list[tuple[int, NAdamWPoint]], module_factory: ModuleFactory, datamodule: pl.LightningDataModule,
-    trainer_kwargs: dict[str, Any], parallel: int, address: str | None, attempts: int, options: dict[str, Any],
-) -> list[SweepTrial]:
-    """Run each job's ``_run_trial`` as a Ray task, ``parallel`` in flight; the trials in ``jobs``' order."""
-    from fms_lightning.executors import LostWorker, RayExecutor
+def _as_trial(job: tuple[int, NAdamWPoint], outcome: Any, times_lost: int) -> SweepTrial:
+    """A job's outcome as a trial: a lost worker or another Ray failure is a failed trial."""
+    rank, point = job
+    if isinstance(outcome, LostWorker):
+        return SweepTrial(rank, point, (), None, None, f"the Ray worker was lost {times_lost} times; last: {outcome.reason}")
+    if isinstance(outcome, RayFailure):  # Ray gave up on it for another reason
+        return SweepTrial(rank, point, (), None, None, outcome.reason)
+    return outcome  # type: ignore[no-any-return]
 
-    ray = require_ray()
+
+def _check_picklable(executor: str, shared: Any, parallel: int) -> None:
+    """Refuse a factory, datamodule or trainer_kwargs that cannot reach other processes.
+
+    Raises:
+        ConfigurationError: Saying how to make them picklable.
+    """
     try:
-        ray.cloudpickle.dumps((module_factory, datamodule, trainer_kwargs))
+        if executor == "ray":
+            require_ray().cloudpickle.dumps(shared)
+        else:
+            pickle.dumps(shared)
     except Exception as err:  # noqa: BLE001 - pickling can raise many types
+        if executor == "ray":
+            raise ConfigurationError(
+                "With executor='ray', the module factory, datamodule and trainer_kwargs go to Ray workers and "
+                f"must be picklable (by cloudpickle), but pickling failed: {err}. Build unpicklable state "
+                "(open files, locks, connections) inside the factory or the datamodule's setup, or use executor='local'."
+            ) from err
         raise ConfigurationError(
-            "With executor='ray', the module factory, datamodule and trainer_kwargs go to Ray workers and "
-            f"must be picklable (by cloudpickle), but pickling failed: {err}. Build unpicklable state "
-            "(open files, locks, connections) inside the factory or the datamodule's setup, or use executor='local'."
+            f"With parallel={parallel}, the module factory, datamodule and trainer_kwargs go to other "
+            f"processes and must be picklable, but pickling failed: {err}. Use a module-level function or "
+            "functools.partial, or parallel=1."
         ) from err
-    executor = RayExecutor(_run_ray_trial, (module_factory, datamodule, trainer_kwargs, options), parallel,
-                           address=address, resources={"num_cpus": RAY_TRIAL_CPUS})
-    try:  # after an error, close() leaves no trial running
-        queue = [(rank, point, 1) for rank, point in reversed(jobs)]  # popped from the end: rank order
-        done: dict[int, SweepTrial] = {}
-        while queue or len(executor):
-            while queue and len(executor) < parallel:
-                executor.submit(queue.pop())
-            (rank, point, attempt), outcome = executor.next_done()
-            if isinstance(outcome, SweepTrial):
-                done[rank] = outcome
-            elif isinstance(outcome, LostWorker) and attempt < attempts:
-                queue.append((rank, point, attempt + 1))  # run next, before later ranks
-            elif isinstance(outcome, LostWorker):
-                done[rank] = SweepTrial(rank, point, (), None, None,
-                                        f"the Ray worker was lost {attempt} times; last: {outcome.reason}")
-            else:  # RayFailure: Ray gave up on it for another reason
-                done[rank] = SweepTrial(rank, point, (), None, None, outcome.reason)
-        return [done[rank] for rank, _ in jobs]
-    finally:
-        executor.close()
 
-
-# The recipe runner and the CLI live in sweep_cli (which does not import Lightning until a sweep runs).
-from fms_lightning.optim.sweep_cli import register, run_sweep_recipe  # noqa: E402

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from fms_lightning._imports import import_object
 from fms_lightning._ray import EXECUTORS
 from fms_lightning.errors import ConfigurationError
 from fms_lightning.optim.presets import NADAMW_LIST, NAdamWPoint, load_hparam_list, preset_name
@@ -24,16 +24,6 @@ if TYPE_CHECKING:
     from fms_lightning.optim.sweep import SweepResult
 
 __all__ = ["run_sweep_recipe", "register"]
-
-
-def _import(spec: str) -> Any:
-    module, sep, attr = str(spec).partition(":")
-    if not sep:
-        raise ConfigurationError(f"Expected 'package.module:attribute', got {spec!r}.")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigurationError(f"Cannot import {spec!r}: {err}.") from err
 
 
 def run_sweep_recipe(
@@ -70,9 +60,9 @@ def run_sweep_recipe(
     """
     from omegaconf import DictConfig, OmegaConf
 
+    from fms_lightning.optim.recipe import validate_demo_recipe
     from fms_lightning.optim.sweep import sweep
-
-    from fms_lightning.examples.demo import validate_demo_recipe
+    from fms_lightning.recipes import builtin
 
     stream = stream if stream is not None else sys.stdout
     raw = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
@@ -96,16 +86,12 @@ def run_sweep_recipe(
         raise ConfigurationError("The sweep recipe needs trainer.max_epochs (epochs per trial).")
     max_epochs = int(trainer.pop("max_epochs"))
     if cfg.module is not None:
-        factory = functools.partial(_import(cfg.module), **model)
-    else:
-        from fms_lightning.examples.digits import DigitsCNN
-
-        factory = functools.partial(DigitsCNN, variant=str(cfg.get("variant", "optax")), **model)
+        factory = functools.partial(import_object(cfg.module), **model)
+    else:  # the demo's DigitsCNN
+        factory = functools.partial(builtin("demo.model"), variant=str(cfg.get("variant", "optax")), **model)
     if cfg.datamodule is not None:
-        dm = _import(cfg.datamodule)(**data)
+        dm = import_object(cfg.datamodule)(**data)
     else:  # scikit-learn's bundled data: digits as 8x8 images for DigitsCNN, any dataset as vectors for a module
-        from fms_lightning.examples.sklearn_data import SklearnDataModule
-
         name = str(data.pop("name", "digits"))
         as_image = bool(data.pop("as_image", name == "digits" and cfg.module is None))
         if cfg.module is None and not as_image:
@@ -114,7 +100,7 @@ def run_sweep_recipe(
                 "your own: add 'module: pkg.mod:factory' (called as factory(point, **model), returning a "
                 "NAdamWListModule), and optionally 'datamodule: pkg.mod:callable' (called with **data)."
             )
-        dm = SklearnDataModule(name, seed=seed, as_image=as_image, **data)
+        dm = builtin("demo.data")(name, seed=seed, as_image=as_image, **data)
     monitor, mode = str(cfg.get("monitor", "val_acc")), str(cfg.get("mode", "max"))
     where = " on Ray" if executor == "ray" else ""
     print(f"Sweeping the first {top} presets ({parallel} at a time{where}), {max_epochs} epochs each, "
