@@ -22,6 +22,7 @@ __all__ = [
     "StudyError",
     "StudyLockedError",
     "HubError",
+    "UnknownHubError",
     "TrialFailedError",
 ]
 
