@@ -23,6 +23,7 @@ __all__ = [
     "StudyLockedError",
     "HubError",
     "TrialFailedError",
+    "BuildError",
 ]
 
 
@@ -75,3 +76,7 @@ class HubError(FMSError, ValueError):
 
 class TrialFailedError(FMSError, RuntimeError):
     """A trial raised during training; the reason is kept in the study."""
+
+
+class BuildError(ConfigurationError):
+    """The user's ``build(config, hub_entry)`` broke its contract: no trial can succeed, so the study stops."""

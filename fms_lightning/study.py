@@ -37,13 +37,20 @@ from typing import Any
 
 import torch
 
-from fms_lightning.errors import ConfigurationError, StudyError, StudyLockedError
+from fms_lightning._files import (  # noqa: F401 - the file helpers once lived here
+    atomic_write, check_safetensors_file, load_weights_file, snapshot_relpath, write_snapshot_file,
+)
+from fms_lightning._validate import check_mode
+from fms_lightning.errors import StudyError, StudyLockedError
+from fms_lightning.trial import TrialStatus
 
 __all__ = [
     "Study", "TrialStatus", "TrialRecord", "Observation", "atomic_write", "check_safetensors_file", "load_weights_file",
 ]
 
-_SCHEMA_VERSION = 2  # 2: the checkpoints table (segments are committed with their checkpoint)
+_SCHEMA_VERSION = 3  # 2: the checkpoints table (segments are committed with their checkpoint); 3: one trial id
+# Before version 3 a tuner's trial also had the optimizer's id, in a column ``opt_trial_id``; such
+# files are still read (a trial with ``source = 'tuner'`` and no ``opt_trial_id`` was added by hand).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trials (
@@ -54,8 +61,7 @@ CREATE TABLE IF NOT EXISTS trials (
     reason TEXT,
     source TEXT NOT NULL,
     created REAL NOT NULL,
-    updated REAL NOT NULL,
-    opt_trial_id INTEGER UNIQUE
+    updated REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS observations (
     trial_id INTEGER NOT NULL REFERENCES trials(trial_id),
@@ -73,16 +79,6 @@ CREATE TABLE IF NOT EXISTS tuner_state (id INTEGER PRIMARY KEY CHECK (id = 0), s
 """
 
 
-class TrialStatus(str, enum.Enum):
-    """Where a trial is in its life."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    PAUSED = "paused"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-
 @dataclass(frozen=True)
 class TrialRecord:
     """A trial as stored."""
@@ -95,7 +91,14 @@ class TrialRecord:
     source: str
     created: float
     updated: float
-    opt_trial_id: int | None = None
+
+    @property
+    def opt_trial_id(self) -> int | None:
+        """Deprecated: the trial's id if the tuner ran it (``source == "tuner"``), else None.
+
+        A trial has one id since schema version 3; test ``source == "tuner"`` instead.
+        """
+        return self.trial_id if self.source == "tuner" else None
 
 
 @dataclass(frozen=True)
@@ -109,121 +112,6 @@ class Observation:
     snapshot: str | None = None
     wall_time: float = 0.0
     created: float = 0.0
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
-    """Write a file so that it is either absent or complete, even across a crash.
-
-    Args:
-        path: The final path.
-        write: A callable that writes the whole file at the temporary path it is given.
-
-    Returns:
-        The final path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
-
-
-def check_safetensors_file(path: str | os.PathLike[str]) -> None:
-    """Check a safetensors file's header and size without reading its tensors.
-
-    A file cut short (a kill during a copy, a full disk) or with bytes appended
-    fails here, with a message that names it.
-
-    Raises:
-        StudyError: If the file is missing, or its header is malformed or does
-            not account for exactly the file's size.
-    """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            n = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if n < 2 or n > size - 8 or n > 100_000_000:
-                raise ValueError(f"the header length is {n} for a file of {size} bytes")
-            header = json.loads(fh.read(n))
-        if not isinstance(header, dict):
-            raise ValueError("the header is not a JSON object")
-        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-    except FileNotFoundError:
-        raise StudyError(f"Weight file {str(path)!r} does not exist.") from None
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
-        raise StudyError(f"Weight file {str(path)!r} is corrupt or not a safetensors file ({err}); restore it "
-                         "from a backup or re-create it.") from None
-    expected = 8 + n + max(ends, default=0)
-    if expected != size:
-        what = "truncated" if size < expected else "longer than its header says"
-        raise StudyError(f"Weight file {str(path)!r} is {what}: its header promises {expected} bytes, the file has "
-                         f"{size}. Restore it from a backup or re-create it.")
-
-
-def load_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Load a state dict safely: safetensors, or ``torch.load(weights_only=True)``.
-
-    A safetensors file's header and size are checked first (:func:`check_safetensors_file`).
-
-    Raises:
-        StudyError: If the file is missing or cannot be read as weights.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise StudyError(f"Weight file {str(path)!r} does not exist.")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            check_safetensors_file(path)
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except StudyError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
-        detail = (str(err).strip().splitlines() or [""])[0]
-        raise StudyError(f"Weight file {str(path)!r} is corrupt or not a weights file: {detail}") from err
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]  # a Lightning checkpoint
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise StudyError(f"Weight file {str(path)!r} does not hold a mapping of names to tensors.")
-    return dict(state)
-
-
-def snapshot_relpath(trial_id: int, epoch: int) -> str:
-    """Where ``W_{trial,epoch}`` lives, relative to a study (or storage) folder."""
-    return f"snapshots/trial_{int(trial_id):05d}/epoch_{int(epoch):04d}.safetensors"
-
-
-def write_snapshot_file(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str], *,
-                        fp16: bool = False) -> None:
-    """Write a state_dict as safetensors at ``path`` (floating tensors as float16 when ``fp16``)."""
-    from safetensors.torch import save_file
-
-    tensors = {}
-    for k, v in state_dict.items():
-        t = v.detach().to("cpu", copy=True).contiguous()
-        tensors[k] = t.half() if fp16 and t.is_floating_point() else t
-    save_file(tensors, str(path))
 
 
 def _json_default(obj: Any) -> Any:
@@ -265,6 +153,8 @@ class Study:
         self._lock_fh: Any = None
         self._conn: Any = None
         self._mutex = threading.RLock()
+        self._tx: sqlite3.Cursor | None = None
+        self._old_ids = False  # a file from before schema 3, with its ``opt_trial_id`` column
         db = self.path / "study.sqlite"
         try:
             if self.path.exists() and not self.path.is_dir():
@@ -309,6 +199,17 @@ class Study:
             self._abandon()
             raise
         self._conn.row_factory = sqlite3.Row
+        self._old_ids = any(r[1] == "opt_trial_id" for r in self._conn.execute("PRAGMA table_info(trials)")) \
+            and self.get_meta("one_trial_id") is None
+        if self._old_ids and not readonly:
+            self._migrate_to_one_id()
+
+    def _migrate_to_one_id(self) -> None:
+        """Schema 3: a trial added by hand to a study from before it gets ``source = 'user'``."""
+        with self._transaction() as cur:
+            cur.execute("UPDATE trials SET source = 'user' WHERE source = 'tuner' AND opt_trial_id IS NULL")
+            cur.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('one_trial_id', 'true')")
+        self._old_ids = False
 
     def _abandon(self) -> None:
         """Release what a failed ``__init__`` opened."""
@@ -347,14 +248,31 @@ class Study:
         if self.readonly:
             raise StudyError(f"The study at {str(self.path)!r} was opened read-only.")
         with self._mutex:
-            cur = self._conn.cursor()
+            if self._tx is not None:  # inside atomic(): part of its transaction
+                yield self._tx
+                return
+            cur = self._tx = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
                 yield cur
             except BaseException:
+                self._tx = None
                 cur.execute("ROLLBACK")
                 raise
+            self._tx = None
             cur.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Make every write inside the block one transaction: all of them are recorded, or none.
+
+        >>> import tempfile
+        >>> with Study(tempfile.mkdtemp()) as study, study.atomic():
+        ...     tid = study.add_trial({"lr": 0.01})
+        ...     study.set_status(tid, "running")
+        """
+        with self._transaction():
+            yield
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._mutex:
@@ -388,34 +306,49 @@ class Study:
 
     # -------------------------------------------------------------------- trials
     def add_trial(
-        self, config: Mapping[str, Any], hub_entry: str | None = None, *, source: str = "tuner",
-        status: TrialStatus = TrialStatus.PENDING, opt_trial_id: int | None = None,
+        self, config: Mapping[str, Any], hub_entry: str | None = None, *, source: str = "user",
+        status: TrialStatus | str = TrialStatus.PENDING, trial_id: int | None = None,
+        opt_trial_id: int | None = None,
     ) -> int:
         """Record a new trial and return its id (1, 2, ...).
 
         Args:
             config: The trial's hyperparameters (JSON-serialisable).
             hub_entry: The hub model it starts from.
-            source: Who created it (``"tuner"``, ``"callback"``, ...).
+            source: Who created it (``"tuner"``, ``"callback"``, ``"user"``, ...).
             status: Its initial status.
-            opt_trial_id: The optimizer's id for the trial. Adding a trial with an
-                ``opt_trial_id`` that exists returns the existing trial (so a
-                tuner that crashed right after adding it can safely add it again).
+            trial_id: The id to give it (default: one past the largest). Adding a trial
+                whose id exists with the same config and source returns that id (so a
+                writer that crashed right after adding it can safely add it again).
+            opt_trial_id: Deprecated (one id since schema version 3): any value means
+                ``source="tuner"``.
+
+        Raises:
+            StudyError: If ``trial_id`` is taken by another trial.
         """
+        if opt_trial_id is not None:
+            source = "tuner"
         now = time.time()
         blob = json.dumps(dict(config), sort_keys=True, default=_json_default)
         with self._transaction() as cur:
-            if opt_trial_id is not None:
-                row = cur.execute("SELECT trial_id FROM trials WHERE opt_trial_id = ?", (int(opt_trial_id),)).fetchone()
+            if trial_id is not None:
+                row = cur.execute("SELECT config, source FROM trials WHERE trial_id = ?", (int(trial_id),)).fetchone()
+                if row is not None and (row[0], row[1]) == (blob, source):
+                    return int(trial_id)
                 if row is not None:
-                    return int(row[0])
+                    raise StudyError(f"Trial {trial_id} of the study at {str(self.path)!r} exists with another "
+                                     f"config or source; add the trial without an id, or with {self.next_trial_id()}.")
             cur.execute(
-                "INSERT INTO trials(config, hub_entry, status, reason, source, created, updated, opt_trial_id) "
-                "VALUES (?, ?, ?, NULL, ?, ?, ?, ?)",
-                (blob, hub_entry, TrialStatus(status).value, source, now, now,
-                 None if opt_trial_id is None else int(opt_trial_id)),
+                "INSERT INTO trials(trial_id, config, hub_entry, status, reason, source, created, updated) "
+                "VALUES (?, ?, ?, ?, NULL, ?, ?, ?)",
+                (None if trial_id is None else int(trial_id), blob, hub_entry, TrialStatus(status).value, source,
+                 now, now),
             )
             return int(cur.lastrowid)
+
+    def next_trial_id(self) -> int:
+        """The id :meth:`add_trial` gives the next trial when none is named."""
+        return int(self._query("SELECT COALESCE(MAX(trial_id), 0) + 1 FROM trials")[0][0])
 
     def set_status(self, trial_id: int, status: TrialStatus | str, reason: str | None = None) -> None:
         """Change a trial's status; a failure should carry its ``reason``."""
@@ -439,21 +372,22 @@ class Study:
             raise StudyError(f"No trial {trial_id} in the study at {str(self.path)!r}.")
         return self._trial(rows[0])
 
-    def trials(self, status: TrialStatus | str | None = None) -> list[TrialRecord]:
-        """All trials in id order, optionally only those with ``status``."""
+    def trials(self, status: TrialStatus | str | None = None, *, source: str | None = None) -> list[TrialRecord]:
+        """All trials in id order, optionally only those with ``status`` and those from ``source``."""
         if status is None:
             rows = self._query("SELECT * FROM trials ORDER BY trial_id")
         else:
             rows = self._query("SELECT * FROM trials WHERE status = ? ORDER BY trial_id", (TrialStatus(status).value,))
-        return [self._trial(r) for r in rows]
+        found = [self._trial(r) for r in rows]
+        return found if source is None else [t for t in found if t.source == source]
 
-    @staticmethod
-    def _trial(row: sqlite3.Row) -> TrialRecord:
-        opt_id = row["opt_trial_id"]
+    def _trial(self, row: sqlite3.Row) -> TrialRecord:
+        source = row["source"]
+        if self._old_ids and source == "tuner" and row["opt_trial_id"] is None:
+            source = "user"  # before schema 3, add_trial's default source was "tuner"
         return TrialRecord(
             int(row["trial_id"]), json.loads(row["config"]), row["hub_entry"], TrialStatus(row["status"]),
-            row["reason"], row["source"], float(row["created"]), float(row["updated"]),
-            None if opt_id is None else int(opt_id),
+            row["reason"], source, float(row["created"]), float(row["updated"]),
         )
 
     # -------------------------------------------------------------- observations
@@ -521,14 +455,17 @@ class Study:
         row = self._query("SELECT MAX(epoch) FROM observations WHERE trial_id = ?", (int(trial_id),))
         return int(row[0][0] or 0)
 
-    def budget_used(self, *, tuner_only: bool = False) -> int:
-        """Epochs trained and recorded, over all trials (or only the tuner's, ``tuner_only``)."""
-        if tuner_only:
-            sql = ("SELECT COUNT(*) FROM observations JOIN trials USING (trial_id) "
-                   "WHERE trials.opt_trial_id IS NOT NULL")
-        else:
-            sql = "SELECT COUNT(*) FROM observations"
-        return int(self._query(sql)[0][0])
+    def budget_used(self, *, source: str | None = None, tuner_only: bool = False) -> int:
+        """Epochs trained and recorded, over all trials or those from ``source``.
+
+        ``tuner_only=True`` is the deprecated spelling of ``source="tuner"``.
+        """
+        source = "tuner" if tuner_only else source
+        if source is None:
+            return int(self._query("SELECT COUNT(*) FROM observations")[0][0])
+        ids = {t.trial_id for t in self.trials(source=source)}
+        counts = self._query("SELECT trial_id, COUNT(*) FROM observations GROUP BY trial_id")
+        return sum(int(n) for tid, n in counts if int(tid) in ids)
 
     def best(self, mode: str = "max") -> Observation | None:
         """The best observation over all trials and epochs, or ``None``.
@@ -536,8 +473,7 @@ class Study:
         Raises:
             ConfigurationError: If ``mode`` is not ``"min"`` or ``"max"``.
         """
-        if mode not in ("min", "max"):
-            raise ConfigurationError(f"mode must be 'min' or 'max', got {mode!r}.")
+        check_mode(mode)
         obs = self.observations()
         if not obs:
             return None
