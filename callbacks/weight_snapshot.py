@@ -32,6 +32,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from fms_lightning._validate import check_mode
 from fms_lightning.errors import ConfigurationError, MissingMetricError, StudyError, TrialFailedError
 from fms_lightning.study import Study, TrialStatus
 
@@ -165,8 +166,7 @@ class WeightSnapshot(Callback):
     ) -> None:
         if not isinstance(monitor, str) or not monitor:
             raise ConfigurationError(f"monitor must name a logged metric such as 'val_acc', got {monitor!r}.")
-        if mode not in (None, "min", "max"):
-            raise ConfigurationError(f"mode must be 'min', 'max' or None, got {mode!r}.")
+        check_mode(mode, allow_none=True)
         if int(every_n_epochs) < 1:
             raise ConfigurationError(f"every_n_epochs must be >= 1, got {every_n_epochs!r}.")
         if not isinstance(study, (Study, SnapshotSink, str, os.PathLike)):

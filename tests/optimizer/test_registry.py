@@ -8,7 +8,7 @@ import torch
 from fms_lightning.errors import ConfigurationError
 from fms_lightning.optimizer import Best, FMSOptimizer, TrialStatus
 from tests.surrogate.synthetic import Problem
-from tests.test_optimizer import FAST, SPACE, _f, _opt
+from tests.optimizer.test_core import FAST, SPACE, _f, _opt
 
 
 def test_new_trials_take_the_id_the_caller_names():

@@ -21,7 +21,7 @@ from fms_lightning.study import Study, TrialStatus
 from fms_lightning.tuner import FMSTuner, sync
 from tests import tiny_task
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _tuner(tmp_path, method="dyhpo", budget=6, study="study", space=None, **kw):

@@ -19,9 +19,9 @@ from fms_lightning.errors import ConfigurationError, StudyError, TrialFailedErro
 from fms_lightning.study import Study, TrialStatus
 from fms_lightning.tuner import FMSTuner
 from tests import tiny_task
-from tests.test_tuner import _check_study
+from tests.tuner.test_core import _check_study
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _tuner(tmp_path, *, budget=6, study="study", seed=0, method="dyhpo", **kw) -> FMSTuner:

@@ -25,11 +25,11 @@ from fms_lightning.tuner import FMSTuner, _run_segment, sync
 from fms_lightning.tuner.segment import SegmentSpec
 from tests import tiny_task
 from tests.conftest import warm_workers
-from tests.test_tuner import _check_study
+from tests.tuner.test_core import _check_study
 
 pytest.importorskip("ray")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class SlowEpochs(Callback):
