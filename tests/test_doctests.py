@@ -17,6 +17,7 @@ MODULES = [
     "fms_lightning.acquisition",
     "fms_lightning.optimizer.core",
     "fms_lightning.study",
+    "fms_lightning._study_store",
     "fms_lightning._validate",
     "fms_lightning.storage",
 ]

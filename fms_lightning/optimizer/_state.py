@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from fms_lightning.errors import ConfigurationError
-from fms_lightning.optimizer import transfer
+from fms_lightning.optimizer import _model, transfer
 from fms_lightning.optimizer._options import Weights, surrogate_threads
-from fms_lightning.trial import Suggestion, TrialInfo, TrialStatus
+from fms_lightning.trial import Best, Suggestion, TrialInfo, TrialStatus
 
 if TYPE_CHECKING:
     from fms_lightning.optimizer._registry import TrialRegistry
@@ -52,6 +53,33 @@ class _TrialsAndState:
             if isinstance(weights, (str, Path)):
                 self._weight_keys[str(weights)] = key
         return key
+
+    @property
+    def n_observations(self) -> int:
+        return self._trials.n_observations
+
+    def mark_failed(self, trial_id: int, reason: str) -> None:
+        """Exclude a trial from further suggestions; its observed epochs stay as data.
+
+        A trial that fails while running also teaches the surrogate: the epoch it failed at
+        becomes a training row labelled with the worst value observed so far (it does not
+        count as an observation, nor for y_j^max), so that regions that fail are avoided.
+        """
+        self._trials.mark_failed(trial_id, reason)
+
+    def best(self) -> Best | None:
+        """The best observation so far as :class:`~fms_lightning.trial.Best` ``(trial_id, config, epoch, value)``."""
+        return self._trials.best()
+
+    @surrogate_threads
+    def training_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows the surrogate is fit on: ``(inputs, labels)``, `(n, width)` and `(n,)`, larger is better.
+
+        One row per observation (``surrogate.dataset.training_rows``), one per trial that
+        failed while running (labelled with the worst value), capped at ``max_train_rows``,
+        then the look-ahead rows of ``acquisition="ei-horizon"``.
+        """
+        return _model.training_data(self)
 
     def trial(self, trial_id: int) -> TrialInfo:
         """What the optimizer knows of one trial.

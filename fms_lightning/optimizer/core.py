@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,8 @@ from fms_lightning.space import SearchSpace
 from fms_lightning.surrogate.dataset import InputLayout, make_row
 from fms_lightning.surrogate.gp import Surrogate, SurrogateConfig
 from fms_lightning.surrogate.readout import GMNTraining, SnapshotFeaturizer
-from fms_lightning.surrogate.weights import GraphFn, WeightFeaturizer
-from fms_lightning.trial import Best, Suggestion, TrialInfo, TrialStatus
+from fms_lightning.surrogate.weights import GraphFn
+from fms_lightning.trial import Suggestion
 
 __all__ = ["FMSOptimizer"]
 
@@ -164,10 +164,6 @@ class FMSOptimizer(_TrialsAndState):
         self._warned: set[str] = set()
 
     # -- ask / tell ------------------------------------------------------------------
-    @property
-    def n_observations(self) -> int:
-        return self._trials.n_observations
-
     @surrogate_threads
     def suggest(self, *, new_trial_id: int | None = None) -> Suggestion:
         """Pick the next (trial, epoch) by maximising EI_MF (eq. 5) over the candidates.
@@ -236,19 +232,6 @@ class FMSOptimizer(_TrialsAndState):
                     self._weight_keys[str(weights)] = key
         self._trials.record(trial, epoch, value, key)
 
-    def mark_failed(self, trial_id: int, reason: str) -> None:
-        """Exclude a trial from further suggestions; its observed epochs stay as data.
-
-        A trial that fails while running also teaches the surrogate: the epoch it failed at
-        becomes a training row labelled with the worst value observed so far (it does not
-        count as an observation, nor for y_j^max), so that regions that fail are avoided.
-        """
-        self._trials.mark_failed(trial_id, reason)
-
-    def best(self) -> Best | None:
-        """The best observation so far as :class:`~fms_lightning.trial.Best` ``(trial_id, config, epoch, value)``."""
-        return self._trials.best()
-
     @surrogate_threads
     def predict(
         self, configs: Iterable[Mapping[str, Any]], *, epoch: int | None = None
@@ -278,16 +261,6 @@ class FMSOptimizer(_TrialsAndState):
                 f"1 <= epoch <= {self.max_epochs}."
             )
         return _model.predict(self, [dict(c) for c in configs], epoch)
-
-    @surrogate_threads
-    def training_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rows the surrogate is fit on: ``(inputs, labels)``, `(n, width)` and `(n,)`, larger is better.
-
-        One row per observation (``surrogate.dataset.training_rows``), one per trial that
-        failed while running (labelled with the worst value), capped at ``max_train_rows``,
-        then the look-ahead rows of ``acquisition="ei-horizon"``.
-        """
-        return _model.training_data(self)
 
     # -- internals -------------------------------------------------------------------
     def _warn_once(self, key: str, msg: str) -> None:

@@ -16,21 +16,17 @@ killed, leaves at most orphaned files, which the segment's rerun overwrites.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 import tempfile
 import time
 import traceback
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
-from torch import nn
 from typing_extensions import override
 
 from fms_lightning.callbacks.trial_guards import EpochSeeder, NonFiniteLossGuard
@@ -39,7 +35,7 @@ from fms_lightning.callbacks.weight_snapshot import SnapshotSink, WeightSnapshot
 from fms_lightning.errors import BuildError, ConfigurationError, MissingMetricError
 from fms_lightning.hub import HubEntry, ModelHub
 from fms_lightning.tuner._lightning import (
-    _DataModuleFromClass, _TrialLogs, datamodule_factory, load_hub_weights, quiet_lightning,
+    _TrialLogs, datamodule_factory, load_hub_weights, quiet_lightning,
 )
 from fms_lightning.storage import Storage, clean_stale_scratch, scratch_prefix
 
