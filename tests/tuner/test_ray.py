@@ -215,7 +215,7 @@ LOST_NODE = textwrap.dedent(
     import ray
     from ray.cluster_utils import Cluster
     from tests import tiny_task
-    from tests.test_tuner_ray import HoldOnNode, SlowEpochs
+    from tests.tuner.test_ray import HoldOnNode, SlowEpochs
     from fms_lightning.tuner import FMSTuner
 
     cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
