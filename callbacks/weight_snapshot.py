@@ -9,6 +9,10 @@ what the FMS surrogate learns from.
 The weight copy to CPU is synchronous (so training can go on changing the
 weights); the file write and the row insert happen on a background thread, in
 that order, and are flushed at teardown.
+
+Records go to a :class:`SnapshotSink`: by default the study's rows and files
+(:class:`StudySink`); the tuner's workers pass one that writes files to a storage
+and leaves the rows to the driver.
 """
 
 from __future__ import annotations
@@ -28,18 +32,99 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from fms_lightning._validate import check_mode
 from fms_lightning.errors import ConfigurationError, MissingMetricError, StudyError, TrialFailedError
 from fms_lightning.study import Study, TrialStatus
 
-__all__ = ["WeightSnapshot"]
+__all__ = ["WeightSnapshot", "SnapshotSink", "StudySink"]
+
+
+class SnapshotSink:
+    """Where :class:`WeightSnapshot` records go. Override every method.
+
+    ``open`` and ``close`` run on rank zero at set-up and teardown; ``record`` runs on the
+    callback's writer thread, one record at a time, in order.
+    """
+
+    def open(self) -> None:
+        """Get ready to record (e.g. open the study)."""
+
+    def new_trial(self, config: Mapping[str, Any], hub_entry: str | None, *, monitor: str, mode: str | None) -> int:
+        """Create the trial a run without ``trial_id`` records into; returns its id."""
+        raise NotImplementedError
+
+    def needs_start_weights(self, trial_id: int) -> bool:
+        """Whether ``W_{i,0}`` still has to be stored for the trial."""
+        raise NotImplementedError
+
+    def record(self, trial_id: int, epoch: int, value: float | None, metrics: dict[str, float], wall: float,
+               weights: dict[str, torch.Tensor], *, fp16: bool, contiguous: bool) -> None:
+        """Store ``W_{i,epoch}`` and, for ``epoch >= 1``, ``y_{i,epoch}`` (``value``) with the other metrics."""
+        raise NotImplementedError
+
+    def close(self, trial_id: int | None, *, interrupted: bool) -> None:
+        """The run ended (``trial_id`` is None off rank zero)."""
+
+
+class StudySink(SnapshotSink):
+    """Records into a study: each snapshot file, then its row (the default sink).
+
+    Args:
+        study: A study folder (opened at set-up, closed at teardown, and the trial's
+            status set then) or an open :class:`~fms_lightning.study.Study`.
+    """
+
+    def __init__(self, study: str | os.PathLike[str] | Study) -> None:
+        self._study_arg = study
+        self.study: Study | None = study if isinstance(study, Study) else None
+        self._owns_study = False
+
+    @override
+    def open(self) -> None:
+        if self.study is None:
+            self.study = Study(Path(self._study_arg))  # type: ignore[arg-type]
+            self._owns_study = True
+
+    @override
+    def new_trial(self, config: Mapping[str, Any], hub_entry: str | None, *, monitor: str, mode: str | None) -> int:
+        assert self.study is not None
+        trial_id = self.study.add_trial(config, hub_entry, source="callback", status=TrialStatus.RUNNING)
+        self.study.set_run_settings(trial_id, monitor=monitor, mode=mode)
+        return trial_id
+
+    @override
+    def needs_start_weights(self, trial_id: int) -> bool:
+        assert self.study is not None
+        return self.study.start_weights_path(trial_id) is None and self.study.last_epoch(trial_id) == 0
+
+    @override
+    def record(self, trial_id: int, epoch: int, value: float | None, metrics: dict[str, float], wall: float,
+               weights: dict[str, torch.Tensor], *, fp16: bool, contiguous: bool) -> None:
+        assert self.study is not None
+        path = self.study.save_snapshot(trial_id, epoch, weights, fp16=fp16)
+        if epoch > 0:
+            assert value is not None
+            self.study.add_observation(trial_id, epoch, value, metrics=metrics, snapshot=path, wall_time=wall,
+                                       contiguous=contiguous)
+
+    @override
+    def close(self, trial_id: int | None, *, interrupted: bool) -> None:
+        if not self._owns_study or self.study is None:
+            return
+        if trial_id is not None:
+            with contextlib.suppress(StudyError):
+                self.study.set_status(trial_id, TrialStatus.PAUSED if interrupted else TrialStatus.COMPLETED)
+        self.study.close()
+        self.study = None
+        self._owns_study = False
 
 
 class WeightSnapshot(Callback):
     """Snapshot weights and metrics into a study after validation epochs.
 
     Args:
-        study: A study folder, or an open :class:`~fms_lightning.study.Study`
-            (the tuner passes its own).
+        study: A study folder, an open :class:`~fms_lightning.study.Study`, or a
+            :class:`SnapshotSink` that takes the records (the tuner's workers pass one).
         monitor: The logged metric that is the trial's objective, e.g. ``"val_acc"``.
         trial_id: Record into this existing trial. If ``None``, a new trial is
             created in ``setup`` with ``config`` and ``hub_entry``.
@@ -68,7 +153,7 @@ class WeightSnapshot(Callback):
 
     def __init__(
         self,
-        study: str | os.PathLike[str] | Study,
+        study: str | os.PathLike[str] | Study | SnapshotSink,
         *,
         monitor: str,
         trial_id: int | None = None,
@@ -81,12 +166,13 @@ class WeightSnapshot(Callback):
     ) -> None:
         if not isinstance(monitor, str) or not monitor:
             raise ConfigurationError(f"monitor must name a logged metric such as 'val_acc', got {monitor!r}.")
-        if mode not in (None, "min", "max"):
-            raise ConfigurationError(f"mode must be 'min', 'max' or None, got {mode!r}.")
+        check_mode(mode, allow_none=True)
         if int(every_n_epochs) < 1:
             raise ConfigurationError(f"every_n_epochs must be >= 1, got {every_n_epochs!r}.")
-        if not isinstance(study, (Study, str, os.PathLike)):
-            raise ConfigurationError(f"study must be a folder path or a Study, got {type(study).__name__}.")
+        if not isinstance(study, (Study, SnapshotSink, str, os.PathLike)):
+            raise ConfigurationError(
+                f"study must be a folder path, a Study or a SnapshotSink, got {type(study).__name__}."
+            )
         self.monitor = monitor
         self.trial_id = trial_id
         self.config = dict(config or {})
@@ -95,9 +181,7 @@ class WeightSnapshot(Callback):
         self.every_n_epochs = int(every_n_epochs)
         self.fp16 = fp16
         self.save_start_weights = save_start_weights
-        self._study_arg = study
-        self._study: Study | None = study if isinstance(study, Study) else None
-        self._owns_study = False
+        self.sink = study if isinstance(study, SnapshotSink) else StudySink(study)
         self.epochs_recorded = 0
         self.last_epoch = 0
         self._epoch_start = 0.0
@@ -110,7 +194,7 @@ class WeightSnapshot(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or not trainer.is_global_zero:
             return
-        self._open()
+        self.sink.open()
         if self._worker is None:
             self._error = None
             self._worker = threading.Thread(target=self._drain, name="WeightSnapshot-writer", daemon=True)
@@ -119,45 +203,17 @@ class WeightSnapshot(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Runs after a checkpoint was restored, so a resumed run keeps its trial.
-        trial_id = self._resolve_trial(pl_module) if trainer.is_global_zero else None
+        if trainer.is_global_zero and self.trial_id is None:
+            config = self.config or dict(getattr(pl_module, "hparams", {}) or {})
+            self.trial_id = self.sink.new_trial(config, self.hub_entry, monitor=self.monitor, mode=self.mode)
+        trial_id = self.trial_id if trainer.is_global_zero else None
         # All ranks agree on the trial being recorded.
         self.trial_id = trainer.strategy.broadcast(trial_id, src=0)
         if not (self.save_start_weights and trainer.is_global_zero and trainer.current_epoch == 0):
             return
-        if self._needs_start_weights():
+        assert self.trial_id is not None
+        if self.sink.needs_start_weights(self.trial_id):
             self._enqueue(0, None, {}, 0.0, pl_module)
-
-    # Where records go. Subclasses that record elsewhere (e.g. the tuner's workers,
-    # which write files only and leave the rows to the driver) override these four.
-    def _open(self) -> None:
-        """Open the study (rank zero, at set-up)."""
-        if self._study is None:
-            self._study = Study(Path(self._study_arg))  # type: ignore[arg-type]
-            self._owns_study = True
-
-    def _resolve_trial(self, pl_module: pl.LightningModule) -> int:
-        """The trial to record into (rank zero): the given one, or a new trial of the study."""
-        assert self._study is not None
-        if self.trial_id is None:
-            config = self.config or dict(getattr(pl_module, "hparams", {}) or {})
-            self.trial_id = self._study.add_trial(config, self.hub_entry, source="callback", status=TrialStatus.RUNNING)
-            self._study.set_run_settings(self.trial_id, monitor=self.monitor, mode=self.mode)
-        return self.trial_id
-
-    def _needs_start_weights(self) -> bool:
-        """Whether ``W_{i,0}`` still has to be stored (a fresh trial with none recorded)."""
-        assert self._study is not None and self.trial_id is not None
-        return self._study.start_weights_path(self.trial_id) is None and self._study.last_epoch(self.trial_id) == 0
-
-    def _write(self, epoch: int, value: float | None, metrics: dict[str, float], wall: float,
-               weights: dict[str, torch.Tensor]) -> None:
-        """Store one record (on the writer thread): the snapshot file, then its row."""
-        assert self._study is not None and self.trial_id is not None
-        path = self._study.save_snapshot(self.trial_id, epoch, weights, fp16=self.fp16)
-        if epoch > 0:
-            assert value is not None
-            self._study.add_observation(self.trial_id, epoch, value, metrics=metrics, snapshot=path,
-                                        wall_time=wall, contiguous=self.every_n_epochs == 1)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -201,7 +257,8 @@ class WeightSnapshot(Callback):
                     return
                 if self._error is not None:
                     continue  # keep draining so flush() returns; the error is re-raised there
-                self._write(*item)
+                assert self.trial_id is not None
+                self.sink.record(self.trial_id, *item, fp16=self.fp16, contiguous=self.every_n_epochs == 1)
             except BaseException as err:  # noqa: BLE001 - surfaced on the training thread
                 self._error = err
             finally:
@@ -233,14 +290,7 @@ class WeightSnapshot(Callback):
                 self._queue.put(None)
                 self._worker.join()
                 self._worker = None
-            if self._owns_study and self._study is not None:
-                if trainer.is_global_zero and self.trial_id is not None:
-                    with contextlib.suppress(StudyError):
-                        self._study.set_status(self.trial_id, TrialStatus.COMPLETED
-                                               if not trainer.interrupted else TrialStatus.PAUSED)
-                self._study.close()
-                self._study = None
-                self._owns_study = False
+            self.sink.close(self.trial_id if trainer.is_global_zero else None, interrupted=trainer.interrupted)
 
     # ------------------------------------------------------------------ state
     @override

@@ -5,9 +5,9 @@
   studies on one storage never touch each other's files.
 - It removes what a killed run left behind: checkpoint files that no committed
   row names (:func:`remove_superseded_checkpoints`).
-- It checks the files the rows name (:func:`warn_damaged_snapshots`) and, when the
-  stored tuner state is unusable, hands the optimizer the study's trials again
-  (:func:`rebuild_trials`): the rows are the source of truth.
+- It checks the files the rows name (:func:`warn_damaged_snapshots`).
+
+The optimizer is then rebuilt from the rows (``fms_lightning.tuner.sync``).
 """
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from fms_lightning._files import check_safetensors_file, trial_checkpoint_folder
 from fms_lightning.errors import StudyError, StudyLockedError
 from fms_lightning.storage import Storage
-from fms_lightning.study import Study, TrialRecord, TrialStatus, check_safetensors_file
+from fms_lightning.study import Study
 
-__all__ = ["claim_storage", "rebuild_trials", "remove_superseded_checkpoints", "warn_damaged_snapshots"]
+__all__ = ["claim_storage", "remove_superseded_checkpoints", "warn_damaged_snapshots"]
+
+_TUNER = "tuner"  # the source of a tuner's trials (``fms_lightning.tuner.sync.TUNER``)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ def storage_prefix(study: Study, study_dir: Path) -> str:
     study_id = study.get_meta("study_id")
     if study_id is None:
         study_id = _new_study_id(study_dir)
-        if any(t.opt_trial_id is not None for t in study.trials()):  # its files are at the storage root
+        if study.trials(source=_TUNER):  # its files are at the storage root
             study.set_meta("storage_prefix", "")
         study.set_meta("study_id", study_id)
     return str(study.get_meta("storage_prefix", study_id))
@@ -85,12 +88,8 @@ def claim_storage(base: Storage, study: Study, study_dir: Path) -> tuple[Storage
 
 def remove_superseded_checkpoints(storage: Storage, study: Study) -> None:
     """Delete checkpoint files of the study's trials that no row names (left by a kill between two steps)."""
-    from fms_lightning.segment import checkpoint_relpath
-
-    for t in study.trials():
-        if t.opt_trial_id is None:
-            continue
-        folder = checkpoint_relpath(t.trial_id, 0).rsplit("/", 1)[0]
+    for t in study.trials(source=_TUNER):
+        folder = trial_checkpoint_folder(t.trial_id)
         committed = study.checkpoint(t.trial_id)
         try:
             files = storage.list(folder)
@@ -116,31 +115,3 @@ def warn_damaged_snapshots(study: Study) -> list[str]:
                       f"cannot read these weights and export_best() refuses them. First: {bad[0]}", RuntimeWarning,
                       stacklevel=3)
     return bad
-
-
-def rebuild_trials(opt: Any, study: Study, trials: list[TrialRecord], *, random: bool, max_epochs: int) -> None:
-    """Hand a fresh optimizer the study's trials again, each with the epoch it was last asked to reach.
-
-    The tuner then feeds it the recorded epochs and failures, exactly as after a
-    crash. A trial that was running when the tuner stopped is pending again.
-
-    Raises:
-        StudyError: If the trials' optimizer ids are not ``0..n-1`` (the optimizer
-            numbers its trials in order, so they could not be matched).
-    """
-    trials = sorted(trials, key=lambda t: int(t.opt_trial_id or 0))
-    ids = [t.opt_trial_id for t in trials]
-    if ids != list(range(len(ids))):
-        raise StudyError(
-            f"Cannot rebuild the tuner state of the study at {str(study.path)!r}: its trials' optimizer ids {ids} "
-            f"are not 0..{len(ids) - 1}. Continue it in a new study_dir."
-        )
-    for t in trials:
-        done = study.last_epoch(t.trial_id)
-        if t.status in (TrialStatus.PAUSED, TrialStatus.COMPLETED) and done:
-            target = done
-        elif random:
-            target = max_epochs
-        else:
-            target = done + 1
-        opt._start(dict(t.config), min(max(target, 1), max_epochs))  # noqa: SLF001 - gives the trial its old id

@@ -6,6 +6,9 @@ Glossary:
     y_j^max     the best value observed at budget j; if nothing was observed at j, the best
                 value observed at any budget (DESIGN.md).
     EI_MF       E[max{f(x, j) - y_j^max, 0}] = σ · (z Φ(z) + φ(z)), z = (μ - y_j^max) / σ.
+    log EI_MF   log σ + log(z Φ(z) + φ(z)), computed without underflow for very negative z
+                (the form of BoTorch's ``_log_ei_helper``); candidates are ranked by it when
+                EI_MF underflows to 0 for all of them.
 
 The budget EI_MF is computed at is the budget the optimizer then trains: a paused
 trial with j-1 observed epochs is scored at j, and is resumed for exactly one epoch.
@@ -29,9 +32,13 @@ from torch import nn
 
 from fms_lightning.errors import ConfigurationError
 
-__all__ = ["Acquisition", "ei_mf", "best_per_budget", "ExpectedImprovementMF", "HorizonExpectedImprovement"]
+__all__ = [
+    "Acquisition", "ei_mf", "log_ei_mf", "best_per_budget", "ExpectedImprovementMF", "HorizonExpectedImprovement",
+]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_LOG_SQRT_PI_DIV_2 = 0.5 * math.log(math.pi / 2.0)
 
 
 class Acquisition(str, Enum):
@@ -62,6 +69,45 @@ def ei_mf(mean: torch.Tensor, std: torch.Tensor, best: torch.Tensor) -> torch.Te
     z = improvement / safe
     ei = safe * (z * torch.special.ndtr(z) + _INV_SQRT_2PI * torch.exp(-0.5 * z * z))
     return torch.where(std > 0, ei.clamp_min(0.0), improvement.clamp_min(0.0))
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, accurate on both sides of -log 2."""
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def _log_h(z: torch.Tensor) -> torch.Tensor:
+    """log(z Φ(z) + φ(z)), stable for every z (BoTorch's ``_log_ei_helper``)."""
+    bound = -1.0
+    upper = z.masked_fill(z < bound, bound)
+    log_upper = torch.log(upper * torch.special.ndtr(upper) + _INV_SQRT_2PI * torch.exp(-0.5 * upper * upper))
+    far = -1.0 / math.sqrt(torch.finfo(z.dtype).eps)
+    lower = z.masked_fill(z > bound, bound)
+    lower_eps = lower.masked_fill(z < far, far)
+    # w = log(|z| Φ(z) / φ(z)) < 0 for z <= -1, via the scaled complementary error function
+    w = torch.log(torch.special.erfcx(-lower_eps / math.sqrt(2.0)) * lower_eps.abs()) + _LOG_SQRT_PI_DIV_2
+    log_phi = -0.5 * lower * lower - _LOG_SQRT_2PI
+    log_lower = log_phi + torch.where(z > far, _log1mexp(w), -2.0 * lower.abs().log())
+    return torch.where(z > bound, log_upper, log_lower)
+
+
+def log_ei_mf(mean: torch.Tensor, std: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """log EI_MF (eq. 5), finite where :func:`ei_mf` underflows to 0.
+
+    Args:
+        mean: Posterior means μ, `(m,)`.
+        std: Posterior standard deviations σ, `(m,)` (clamped at 1e-12).
+        best: y_j^max for each candidate's budget, `(m,)` (or broadcastable).
+
+    Returns:
+        `(m,)` values of log EI_MF.
+
+    >>> round(float(log_ei_mf(torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([0.0]))), 4)
+    -0.9189
+    """
+    mean, std, best = torch.broadcast_tensors(mean, std, best)
+    safe = std.clamp_min(1e-12)
+    return _log_h((mean - best) / safe) + safe.log()
 
 
 def best_per_budget(
@@ -101,6 +147,7 @@ class ExpectedImprovementMF(nn.Module):
     Args:
         observed_budgets: Budgets of the observations, `(n,)`.
         observed_values: Observed values (larger is better), `(n,)`.
+        log: Return log EI_MF (:func:`log_ei_mf`): the ranking where EI_MF underflows.
 
     Raises:
         ConfigurationError: If there are no observations.
@@ -110,10 +157,11 @@ class ExpectedImprovementMF(nn.Module):
     [0.0]
     """
 
-    def __init__(self, observed_budgets: torch.Tensor, observed_values: torch.Tensor) -> None:
+    def __init__(self, observed_budgets: torch.Tensor, observed_values: torch.Tensor, *, log: bool = False) -> None:
         super().__init__()
         if observed_values.numel() == 0:
             raise ConfigurationError("ExpectedImprovementMF needs at least one observation; got none.")
+        self.log = log
         self.register_buffer("observed_budgets", observed_budgets.long().reshape(-1))
         self.register_buffer("observed_values", observed_values.reshape(-1))
 
@@ -121,10 +169,10 @@ class ExpectedImprovementMF(nn.Module):
         """EI_MF of candidates with posterior ``mean``/``std`` `(m,)` at ``budget`` `(m,)`.
 
         Returns:
-            `(m,)` EI_MF values.
+            `(m,)` EI_MF values (log EI_MF with ``log=True``).
         """
         best = best_per_budget(self.observed_budgets, self.observed_values.to(mean.dtype), budget)
-        return ei_mf(mean, std, best)
+        return (log_ei_mf if self.log else ei_mf)(mean, std, best)
 
 
 class HorizonExpectedImprovement(nn.Module):
@@ -132,6 +180,7 @@ class HorizonExpectedImprovement(nn.Module):
 
     Args:
         observed_values: Observed values (larger is better), `(n,)`.
+        log: Return the logarithm of the EI (:func:`log_ei_mf`).
 
     Raises:
         ConfigurationError: If there are no observations.
@@ -141,16 +190,17 @@ class HorizonExpectedImprovement(nn.Module):
     [0.2, 0.0]
     """
 
-    def __init__(self, observed_values: torch.Tensor) -> None:
+    def __init__(self, observed_values: torch.Tensor, *, log: bool = False) -> None:
         super().__init__()
         if observed_values.numel() == 0:
             raise ConfigurationError("HorizonExpectedImprovement needs at least one observation; got none.")
+        self.log = log
         self.register_buffer("incumbent", observed_values.reshape(-1).max())
 
     def forward(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         """EI of forecasts with posterior ``mean``/``std`` `(m,)` at the horizon.
 
         Returns:
-            `(m,)` values.
+            `(m,)` values (their logarithms with ``log=True``).
         """
-        return ei_mf(mean, std, self.incumbent.to(mean.dtype))
+        return (log_ei_mf if self.log else ei_mf)(mean, std, self.incumbent.to(mean.dtype))

@@ -24,6 +24,7 @@ __all__ = [
     "HubError",
     "UnknownHubError",
     "TrialFailedError",
+    "BuildError",
 ]
 
 
@@ -83,3 +84,7 @@ class UnknownHubError(HubError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the whole message otherwise
         return str(self.args[0]) if self.args else ""
+
+
+class BuildError(ConfigurationError):
+    """The user's ``build(config, hub_entry)`` broke its contract: no trial can succeed, so the study stops."""

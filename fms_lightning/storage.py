@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fms_lightning.errors import ConfigurationError
-from fms_lightning.study import atomic_write
+from fms_lightning._files import atomic_write
 
 __all__ = ["Storage", "scratch_prefix", "clean_stale_scratch"]
 

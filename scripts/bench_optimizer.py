@@ -79,10 +79,9 @@ def _make(method: str, n_obs: int, n_candidates: int, hub: dict) -> FMSOptimizer
 
 def _step(opt: FMSOptimizer, hub: dict) -> float:
     """Time one observe (new epoch + snapshot) and the suggest that follows it."""
-    for tid, t in list(opt.trials.items()):
-        if t.status.value == "running":  # finish pending work, untimed
-            e = len(t.curve) + 1
-            opt.observe(tid, e, _value(t.config, e), weights=_weights(hub, t.config, e))
+    for p in opt.pending():  # finish pending work, untimed
+        e = opt.trial(p.trial_id).epochs + 1
+        opt.observe(p.trial_id, e, _value(p.config, e), weights=_weights(hub, p.config, e))
     s = opt.suggest()
     t0 = time.perf_counter()
     opt.observe(s.trial_id, s.epoch, _value(s.config, s.epoch), weights=_weights(hub, s.config, s.epoch))

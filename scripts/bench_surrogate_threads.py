@@ -66,15 +66,15 @@ def main() -> None:
         for _ in range(args.steps):
             for a, o in opts.items():
                 if phase.startswith("fresh"):  # keep the study fresh: time one suggest from scratch
-                    saved = {tid: (t.status, t.target) for tid, t in o.trials.items()}
+                    saved = {tid: (t.status, t.target) for tid, t in o._trials._trials.items()}
                     o._fitted_at, o.surrogate.model = -1, None
                     t0 = time.perf_counter()
                     o.suggest()
                     times[a].append(time.perf_counter() - t0)
-                    for tid in [tid for tid in o.trials if tid not in saved]:  # undo the suggestion
-                        del o.trials[tid]
+                    for tid in [tid for tid in o._trials if tid not in saved]:  # undo the suggestion
+                        del o._trials._trials[tid]
                     for tid, (status, target) in saved.items():
-                        o.trials[tid].status, o.trials[tid].target = status, target
+                        o._trials._trials[tid].status, o._trials._trials[tid].target = status, target
                 else:
                     times[a].append(_step(o, hub))
             assert torch.get_num_threads() == cores  # the caller's setting survives every call

@@ -90,3 +90,28 @@ def test_optimizer_acquisition_defaults_and_refusal():
         is Acquisition.EI_HORIZON
     with pytest.raises(ConfigurationError, match="acquisition='ucb' is unknown"):
         FMSOptimizer(space, max_epochs=3, method="dyhpo", acquisition="ucb")
+
+
+def test_log_ei_matches_log_of_ei_where_ei_is_accurate_and_stays_finite_where_it_underflows():
+    from fms_lightning.acquisition import ei_mf, log_ei_mf
+
+    mean = torch.linspace(-3.0, 3.0, 13, dtype=torch.float64)
+    std = torch.full_like(mean, 0.7)
+    best = torch.zeros_like(mean)
+    torch.testing.assert_close(log_ei_mf(mean, std, best), ei_mf(mean, std, best).log())
+    far = torch.tensor([-60.0, -45.0, -30.0], dtype=torch.float64)
+    one = torch.ones_like(far)
+    assert (ei_mf(far, one, 0.0 * one)[:2] == 0).all()  # EI underflows
+    log_ei = log_ei_mf(far, one, 0.0 * one)
+    assert torch.isfinite(log_ei).all() and (log_ei.diff() > 0).all()  # still ranks the candidates
+
+
+def test_the_acquisition_modules_return_log_ei_on_request():
+    from fms_lightning.acquisition import ExpectedImprovementMF, HorizonExpectedImprovement
+
+    mean, std = torch.tensor([0.2, 0.9], dtype=torch.float64), torch.tensor([0.1, 0.3], dtype=torch.float64)
+    acq = ExpectedImprovementMF(torch.tensor([1, 2]), torch.tensor([0.5, 0.6], dtype=torch.float64))
+    log_acq = ExpectedImprovementMF(torch.tensor([1, 2]), torch.tensor([0.5, 0.6], dtype=torch.float64), log=True)
+    torch.testing.assert_close(log_acq(mean, std, torch.tensor([1, 2])), acq(mean, std, torch.tensor([1, 2])).log())
+    h, log_h = HorizonExpectedImprovement(torch.tensor([0.5])), HorizonExpectedImprovement(torch.tensor([0.5]), log=True)
+    torch.testing.assert_close(log_h(mean, std), h(mean, std).log())

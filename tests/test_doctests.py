@@ -15,8 +15,11 @@ MODULES = [
     "fms_lightning.examples.sklearn_data",
     "fms_lightning.space",
     "fms_lightning.acquisition",
-    "fms_lightning.optimizer",
+    "fms_lightning.optimizer.core",
     "fms_lightning.study",
+    "fms_lightning._study_store",
+    "fms_lightning._validate",
+    "fms_lightning.storage",
 ]
 
 

@@ -240,3 +240,53 @@ def test_damaged_snapshots_are_noticed_and_named(tmp_path, damage) -> None:
     for check in (check_safetensors_file, load_weights_file):
         with pytest.raises(StudyError, match=r"w\.safetensors' is (truncated|longer|corrupt)"):
             check(path)
+
+
+# ------------------------------------------------------------------ one trial id, atomic writes
+def test_atomic_writes_are_all_recorded_or_none(tmp_path):
+    with Study(tmp_path) as study:
+        with pytest.raises(RuntimeError, match="planted"), study.atomic():
+            tid = study.add_trial({"lr": 0.1}, source="tuner", status="running")
+            study.save_tuner_state({"a": 1})
+            raise RuntimeError("planted")
+        assert study.trials() == [] and study.load_tuner_state() is None
+        with study.atomic():
+            tid = study.add_trial({"lr": 0.1}, source="tuner", status="running")
+            study.save_tuner_state({"a": 1})
+        assert [t.trial_id for t in study.trials(source="tuner")] == [tid]
+
+
+def test_a_trial_can_be_added_with_its_id_once(tmp_path):
+    with Study(tmp_path) as study:
+        assert study.next_trial_id() == 1
+        assert study.add_trial({"lr": 0.1}, trial_id=4, source="tuner") == 4
+        assert study.add_trial({"lr": 0.1}, trial_id=4, source="tuner") == 4  # again after a crash: the same trial
+        with pytest.raises(StudyError, match="exists with another config"):
+            study.add_trial({"lr": 0.2}, trial_id=4, source="tuner")
+        assert study.add_trial({"lr": 0.3}) == 5 == study.next_trial_id() - 1
+        assert [t.source for t in study.trials()] == ["tuner", "user"]
+        assert study.trial(4).opt_trial_id == 4 and study.trial(5).opt_trial_id is None  # the deprecated view
+
+
+def test_a_study_from_before_one_trial_id_reads_and_migrates(tmp_path):
+    """Schema 2 kept the optimizer's id in ``opt_trial_id``; a hand-added trial had source 'tuner' and no id."""
+    import sqlite3
+
+    with Study(tmp_path) as study:
+        a = study.add_trial({"lr": 0.1}, source="tuner")
+        b = study.add_trial({"lr": 0.2}, source="tuner")
+        study.add_observation(a, 1, 0.5)
+        study.add_observation(b, 1, 0.6)
+    with sqlite3.connect(tmp_path / "study.sqlite") as conn:  # as schema 2 wrote it
+        conn.execute("ALTER TABLE trials ADD COLUMN opt_trial_id INTEGER")
+        conn.execute("UPDATE trials SET opt_trial_id = 0 WHERE trial_id = ?", (a,))
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    with Study(tmp_path, readonly=True) as reader:
+        assert [t.source for t in reader.trials()] == ["tuner", "user"]
+        assert reader.budget_used(source="tuner") == 1 == reader.budget_used(tuner_only=True)
+    with Study(tmp_path) as study:  # a writer migrates the file once
+        c = study.add_trial({"lr": 0.3}, source="tuner")
+        assert [t.source for t in study.trials()] == ["tuner", "user", "tuner"]
+        assert [t.trial_id for t in study.trials(source="tuner")] == [a, c]
+    with Study(tmp_path, readonly=True) as reader:
+        assert [t.source for t in reader.trials()] == ["tuner", "user", "tuner"]

@@ -84,3 +84,23 @@ def make_hub(folder: Path) -> ModelHub:
 def space(hub: ModelHub, **extra: Any) -> SearchSpace:
     return SearchSpace({"model": HubChoice(values=tuple(hub.names)), "lr": LogUniform(1e-3, 0.3),
                         "batch_size": Choice(values=(16, 32)), **extra})
+
+
+def train_segment(tuner, study, trial_id, config, target):
+    """Train a trial of ``study`` up to ``target`` epochs in this process and commit it, as the tuner does.
+
+    Raises:
+        TrialFailedError: If the trial failed (its epochs before the failure are committed).
+    """
+    from fms_lightning.errors import TrialFailedError
+    from fms_lightning.trial import TrialStatus
+    from fms_lightning.tuner import sync
+    from fms_lightning.tuner.segment import SegmentSpec
+
+    epoch, path = study.checkpoint(trial_id) or (0, None)
+    study.set_status(trial_id, TrialStatus.RUNNING)
+    result = tuner.runner.run(SegmentSpec(trial_id, dict(config), epoch, target, path))
+    sync.commit_segment(tuner.storage, study, result, TrialStatus.FAILED if result.error else TrialStatus.PAUSED)
+    if result.error is not None:
+        raise TrialFailedError(result.error)
+    return result

@@ -26,11 +26,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fms_lightning.errors import ConfigurationError
 
-__all__ = ["InputLayout", "make_row", "training_rows", "forecast_rows"]
+__all__ = ["InputLayout", "make_row", "training_rows", "forecast_rows", "impute_failures", "cap_rows", "add_forecast_rows"]
 
 
 @dataclass(frozen=True)
@@ -196,3 +197,63 @@ def forecast_rows(
     if not rows:
         return torch.zeros(0, layout.width, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
     return torch.stack(rows), torch.tensor(ys, dtype=torch.float64)
+
+
+def impute_failures(
+    rows: torch.Tensor, y: torch.Tensor, failed_rows: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append one row per failure, labelled with the worst observed value (so failing regions are avoided).
+
+    Args:
+        rows: Training inputs `(n, width)`.
+        y: Their labels `(n,)` (larger is better).
+        failed_rows: For each trial that failed while running, the row of the epoch it failed at.
+
+    Returns:
+        ``(rows, y)`` with the failures appended; unchanged when there are none or no labels.
+    """
+    if not failed_rows or not y.numel():
+        return rows, y
+    pen = torch.stack(list(failed_rows))
+    return torch.cat([rows, pen]), torch.cat([y, y.min().expand(len(failed_rows))])
+
+
+def cap_rows(
+    rows: torch.Tensor, y: torch.Tensor, curve_lengths: Sequence[int], cap: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """At most ``cap`` rows: each trial's latest observation, then a seeded subset of the rest.
+
+    Args:
+        rows: Inputs `(n, width)`, the observation rows first (trial by trial, as
+            :func:`training_rows` orders them), then any others (e.g. imputed failures).
+        y: Labels `(n,)`.
+        curve_lengths: Each trial's number of observed epochs, in the rows' order.
+        cap: The maximum number of rows.
+        seed: Seeds the subset (with ``n``, so a larger set draws anew).
+
+    Returns:
+        ``(rows, y)``, in their original order, at most ``cap`` of them.
+    """
+    if rows.shape[0] <= cap:
+        return rows, y
+    ends = np.cumsum(list(curve_lengths))
+    latest = [int(e) - 1 for k, e in enumerate(ends) if curve_lengths[k]]
+    rest = np.setdiff1d(np.arange(rows.shape[0]), latest)
+    pick = np.random.default_rng([seed, rows.shape[0]]).choice(rest, size=max(cap - len(latest), 0), replace=False)
+    idx = torch.as_tensor(np.sort(np.concatenate([latest, pick]))[:cap] if len(latest) < cap else latest[-cap:])
+    return rows[idx], y[idx]
+
+
+def add_forecast_rows(
+    rows: torch.Tensor, y: torch.Tensor, ahead: torch.Tensor, y_ahead: torch.Tensor, cap: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append the look-ahead rows (:func:`forecast_rows`) that fit under ``cap`` (a seeded subset).
+
+    Returns:
+        ``(rows, y)`` followed by the look-ahead rows kept, in their order.
+    """
+    room = max(cap - rows.shape[0], 0)
+    if ahead.shape[0] > room:
+        pick = np.random.default_rng([seed, ahead.shape[0], 1]).choice(ahead.shape[0], room, replace=False)
+        ahead, y_ahead = ahead[np.sort(pick)], y_ahead[np.sort(pick)]
+    return torch.cat([rows, ahead]), torch.cat([y, y_ahead])

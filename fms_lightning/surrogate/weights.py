@@ -31,18 +31,12 @@ GraphFn = Callable[[Mapping[str, Any], Mapping[str, torch.Tensor]], Any]
 def load_weights(weights: Mapping[str, torch.Tensor] | str | Path) -> dict[str, torch.Tensor]:
     """Return a CPU state_dict from a state_dict or a snapshot path (safe loading only).
 
-    Files are read by :func:`fms_lightning.weightspace.load_state_dict_file`
-    (safetensors, or ``torch.load(weights_only=True)``; a Lightning checkpoint is unwrapped).
+    Files are read by the library's one safe loader (safetensors, or
+    ``torch.load(weights_only=True)``; a Lightning checkpoint is unwrapped).
     """
-    if isinstance(weights, Mapping):
-        return {k: v.detach().cpu() for k, v in weights.items() if isinstance(v, torch.Tensor)}
-    if not isinstance(weights, (str, Path)):
-        raise IncompatibleWeightsError(
-            f"weights={type(weights).__name__}; expected a state_dict or a snapshot file path."
-        )
-    from fms_lightning.weightspace import load_state_dict_file
+    from fms_lightning._files import load_state_dict
 
-    return load_state_dict_file(weights)
+    return load_state_dict(weights)
 
 
 def content_key(state_dict: Mapping[str, torch.Tensor]) -> str:

@@ -112,3 +112,37 @@ def test_resumed_trainer_continues_the_same_trial(tmp_path) -> None:
 def test_arguments_are_validated_in_init(tmp_path, kwargs, match) -> None:
     with pytest.raises(ConfigurationError, match=match):
         WeightSnapshot(tmp_path, **kwargs)
+
+
+def test_records_go_to_an_injected_sink(tmp_path) -> None:
+    """A SnapshotSink takes the records instead of a study (the tuner's workers write files only)."""
+    from fms_lightning.callbacks.weight_snapshot import SnapshotSink
+
+    class Memory(SnapshotSink):
+        def __init__(self):
+            self.records, self.events = [], []
+
+        def open(self):
+            self.events.append("open")
+
+        def new_trial(self, config, hub_entry, *, monitor, mode):
+            self.events.append(("new", dict(config), hub_entry, monitor, mode))
+            return 9
+
+        def needs_start_weights(self, trial_id):
+            return True
+
+        def record(self, trial_id, epoch, value, metrics, wall, weights, *, fp16, contiguous):
+            self.records.append((trial_id, epoch, value, sorted(weights) == sorted(model.state_dict()), fp16))
+
+        def close(self, trial_id, *, interrupted):
+            self.events.append(("close", trial_id, interrupted))
+
+    torch.manual_seed(0)
+    model, sink = Tiny(), Memory()
+    cb = WeightSnapshot(sink, monitor="val_acc", mode="max", config={"lr": 0.05}, hub_entry="m", fp16=True)
+    _trainer(tmp_path, [cb], max_epochs=2).fit(model, *_data())
+    assert sink.events == ["open", ("new", {"lr": 0.05}, "m", "val_acc", "max"), ("close", 9, False)]
+    assert [(t, e, v is None, ok, fp16) for t, e, v, ok, fp16 in sink.records] == [
+        (9, 0, True, True, True), (9, 1, False, True, True), (9, 2, False, True, True)]
+    assert cb.trial_id == 9 and not (tmp_path / "study").exists()

@@ -56,6 +56,7 @@ def test_demo_task_resumed_1_1_1_equals_3_straight(tmp_path, hub_cache) -> None:
     from fms_lightning.examples.digits_hub import build_hub_classifier, target_datamodule
     from fms_lightning.space import HubChoice, SearchSpace, Uniform
     from fms_lightning.tuner import FMSTuner
+    from tests import tiny_task
 
     hub = digits_hub(hub_cache, stream=io.StringIO())
     space = SearchSpace({"model": HubChoice(values=tuple(hub.names)), "lr": Uniform(0.01, 0.1)})
@@ -66,9 +67,9 @@ def test_demo_task_resumed_1_1_1_equals_3_straight(tmp_path, hub_cache) -> None:
                          budget_epochs=3, max_epochs_per_trial=3, method="dyhpo", study_dir=tmp_path / name,
                          seed=7, progress=False)
         with Study(tmp_path / name) as study:
-            sid = study.add_trial(config, "mlp-wide", opt_trial_id=0)
+            sid = study.add_trial(config, "mlp-wide", source="tuner")
             for target in targets:
-                tuner._train_segment(study, sid, config, target)
+                tiny_task.train_segment(tuner, study, sid, config, target)
             finals.append(study.load_snapshot(study.observations(sid)[-1].snapshot))
     assert finals[0].keys() == finals[1].keys()
     for k in finals[0]:

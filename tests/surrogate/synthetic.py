@@ -52,7 +52,7 @@ def run(opt: FMSOptimizer, problem: Problem, budget: int) -> float:
     used, best = 0, -math.inf
     while used < budget:
         s = opt.suggest()
-        done = len(opt.trials[s.trial_id].curve)
+        done = opt.trial(s.trial_id).epochs
         for e in range(done + 1, s.epoch + 1):
             if used >= budget:
                 break

@@ -98,3 +98,39 @@ def test_make_row_horizon_sets_only_the_budget_column():
     assert torch.equal(a, b)
     with pytest.raises(ConfigurationError, match="outside"):
         make_row(lay, torch.zeros(2), 3, [0.5, 0.6], horizon=2)  # a horizon before the next epoch
+
+
+# -- failure imputation and the row cap (pure functions) -------------------------------------
+def test_failures_are_imputed_with_the_worst_observed_value():
+    from fms_lightning.surrogate.dataset import impute_failures
+
+    rows, y = torch.zeros(3, 2, dtype=torch.float64), torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    pen = [torch.ones(2, dtype=torch.float64)] * 2
+    r2, y2 = impute_failures(rows, y, pen)
+    assert r2.shape == (5, 2) and y2.tolist() == [0.5, -1.0, 2.0, -1.0, -1.0]
+    assert impute_failures(rows[:0], y[:0], pen)[0].shape == (0, 2)  # nothing observed: nothing to impute from
+
+
+def test_the_cap_keeps_each_trials_latest_row_then_a_seeded_subset():
+    from fms_lightning.surrogate.dataset import cap_rows
+
+    rows = torch.arange(10, dtype=torch.float64).unsqueeze(1)
+    y = rows.squeeze(1).clone()
+    lengths = [4, 0, 3, 2]  # observation rows 0..8; row 9 is an imputed failure
+    r, _ = cap_rows(rows, y, lengths, 6, seed=0)
+    kept = r.squeeze(1).long().tolist()
+    assert len(kept) == 6 and kept == sorted(kept)
+    assert {3, 6, 8} <= set(kept)  # the latest row of each trial with observations
+    assert cap_rows(rows, y, lengths, 6, seed=0)[0].tolist() == r.tolist()  # seeded
+    assert cap_rows(rows, y, lengths, 10, seed=0)[0] is rows  # under the cap: unchanged
+    assert cap_rows(rows, y, lengths, 2, seed=0)[0].squeeze(1).tolist() == [6.0, 8.0]  # fewer than the latest
+
+
+def test_forecast_rows_fill_only_the_room_under_the_cap():
+    from fms_lightning.surrogate.dataset import add_forecast_rows
+
+    rows, y = torch.zeros(3, 1, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    ahead, y_ahead = torch.ones(5, 1, dtype=torch.float64), torch.arange(5, dtype=torch.float64)
+    r, yy = add_forecast_rows(rows, y, ahead, y_ahead, 5, seed=1)
+    assert r.shape == (5, 1) and yy[3:].tolist() == sorted(yy[3:].tolist())
+    assert add_forecast_rows(rows, y, ahead, y_ahead, 100, seed=1)[0].shape == (8, 1)

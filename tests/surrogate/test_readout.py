@@ -187,8 +187,9 @@ def test_trainable_modes_put_a_slot_in_the_rows():
     assert isinstance(opt.featurizer, SnapshotFeaturizer) and opt.layout.n_weight == 1
     _step(opt, p)
     _step(opt, p)
-    keys = opt.trials[0].keys
-    assert opt.featurizer[keys[0]].tolist() == [float(opt.featurizer.keys.index(keys[0]))]
+    rows, _ = opt.training_data()
+    slot = int(rows[0, opt.layout.weight_slice].item())  # the row of y_{0,1} names W_{0,0} by its slot
+    assert opt.featurizer[opt.featurizer.keys[slot]].tolist() == [float(slot)]
 
 
 @pytest.mark.parametrize(
@@ -226,8 +227,8 @@ def test_frozen_mode_embeds_once_with_a_fixed_encoder():
         _step(opt, p)
     after = opt.featurizer.encoder.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    rows, _ = opt._training_data()
-    t = opt.trials[0]
+    rows, _ = opt.training_data()
+    t = opt.trial(0)
     sd = p.start_weights(t.config)
     with torch.no_grad():
         xi = opt.featurizer.encoder(opt.featurizer.graph_fn(t.config, sd))[0].to(torch.float64)

@@ -21,14 +21,15 @@ from lightning.pytorch.callbacks import Callback
 from fms_lightning.errors import ConfigurationError, MissingMetricError, StudyError
 from fms_lightning.executors import LocalExecutor, RayExecutor
 from fms_lightning.study import Study, TrialStatus
-from fms_lightning.tuner import FMSTuner, _run_segment
+from fms_lightning.tuner import FMSTuner, _run_segment, sync
+from fms_lightning.tuner.segment import SegmentSpec
 from tests import tiny_task
 from tests.conftest import warm_workers
-from tests.test_tuner import _check_study
+from tests.tuner.test_core import _check_study
 
 pytest.importorskip("ray")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class SlowEpochs(Callback):
@@ -98,12 +99,13 @@ def test_segments_on_workers_resume_exactly_like_one_local_run(ray_local, tmp_pa
         tuner = _ray_tuner(tmp_path / name)
         executor = RayExecutor(_run_segment, tuner.runner, 1) if ray else LocalExecutor(tuner.runner)
         with Study(tmp_path / name / "study") as study:
-            sid = study.add_trial(config, "mlp16", opt_trial_id=0)
+            sid = study.add_trial(config, "mlp16", source="tuner")
             for target in targets:
-                executor.submit(tuner._spec(study, sid, 0, config, target))
+                epoch, path = study.checkpoint(sid) or (0, None)
+                executor.submit(SegmentSpec(sid, config, epoch, target, path))
                 _, result = executor.next_done()
                 assert result.error is None
-                tuner._commit(study, result)
+                sync.commit_segment(tuner.storage, study, result, TrialStatus.PAUSED)
             assert [o.epoch for o in study.observations(sid)] == [1, 2, 3]
             finals.append(study.load_snapshot(study.observations(sid)[-1].snapshot))
         executor.close()
@@ -213,7 +215,7 @@ LOST_NODE = textwrap.dedent(
     import ray
     from ray.cluster_utils import Cluster
     from tests import tiny_task
-    from tests.test_tuner_ray import HoldOnNode, SlowEpochs
+    from tests.tuner.test_ray import HoldOnNode, SlowEpochs
     from fms_lightning.tuner import FMSTuner
 
     cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})

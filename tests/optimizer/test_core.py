@@ -33,13 +33,16 @@ def _opt(method="dyhpo", seed=0, problem=None, **kw):
     return FMSOptimizer(space, max_epochs=5, method=method, seed=seed, **{**FAST, **kw})
 
 
+def _infos(opt):
+    return [opt.trial(t) for t in opt.trial_ids]
+
+
 def _drive(opt, n, value=_f, weights=None):
     out = []
     for _ in range(n):
         s = opt.suggest()
         out.append(s)
-        t = opt.trials[s.trial_id]
-        for e in range(len(t.curve) + 1, s.epoch + 1):
+        for e in range(opt.trial(s.trial_id).epochs + 1, s.epoch + 1):
             opt.observe(s.trial_id, e, value(s.config, e), weights=None if weights is None else weights(s.config, e))
     return out
 
@@ -54,7 +57,7 @@ def test_random_trains_to_max_epochs():
     opt = _opt("random")
     sugs = _drive(opt, 3)
     assert all(s.epoch == 5 for s in sugs)
-    assert all(t.status is TrialStatus.COMPLETED for t in opt.trials.values())
+    assert all(t.status is TrialStatus.COMPLETED for t in _infos(opt))
 
 
 @pytest.mark.parametrize("method", ["gp", "dyhpo"])
@@ -63,11 +66,11 @@ def test_loop_advances_one_epoch_at_a_time(method, learning_curve):
     opt = _opt(method, learning_curve=learning_curve, kernel="rbf")
     for _ in range(12):
         s = opt.suggest()
-        assert s.epoch == len(opt.trials[s.trial_id].curve) + 1  # exactly one more epoch
+        assert s.epoch == opt.trial(s.trial_id).epochs + 1  # exactly one more epoch
         opt.observe(s.trial_id, s.epoch, _f(s.config, s.epoch))
     assert opt.n_observations == 12
-    assert max(len(t.curve) for t in opt.trials.values()) <= 5
-    assert opt.best()[3] == max(_f(t.config, j) for t in opt.trials.values() for j in range(1, len(t.curve) + 1))
+    assert max(t.epochs for t in _infos(opt)) <= 5
+    assert opt.best().value == max(_f(t.config, j) for t in _infos(opt) for j in range(1, t.epochs + 1))
 
 
 def test_fms_with_weights_loop():
@@ -85,7 +88,7 @@ def test_parallel_suggestions_do_not_repeat_running_trials():
     pending = [opt.suggest() for _ in range(4)]
     ids = [s.trial_id for s in pending]
     assert len(set(ids)) == 4
-    assert all(opt.trials[i].status is TrialStatus.RUNNING for i in ids)
+    assert all(opt.trial(i).status is TrialStatus.RUNNING for i in ids)
     configs = {tuple(sorted(s.config.items())) for s in pending}
     assert len(configs) == 4
 
@@ -95,7 +98,7 @@ def test_mark_failed_excludes_trial():
     _drive(opt, 4)
     s = opt.suggest()
     opt.mark_failed(s.trial_id, "CUDA OOM")
-    assert opt.trials[s.trial_id].status is TrialStatus.FAILED
+    assert opt.trial(s.trial_id).status is TrialStatus.FAILED
     with pytest.raises(ConfigurationError, match="failed"):
         opt.observe(s.trial_id, s.epoch, 0.0)
     for _ in range(5):
@@ -107,7 +110,7 @@ def test_non_finite_value_marks_failed_with_one_warning():
     with pytest.warns(RuntimeWarning, match="marking it failed"):
         s = opt.suggest()
         opt.observe(s.trial_id, 1, float("nan"))
-    assert opt.trials[s.trial_id].status is TrialStatus.FAILED
+    assert opt.trial(s.trial_id).status is TrialStatus.FAILED
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         s = opt.suggest()
@@ -131,8 +134,8 @@ def test_observe_validation():
     [
         (dict(method="tpe"), "valid methods are"),
         (dict(method="fms-gmn"), "graph_fn"),
-        (dict(mode="up"), "mode='up'"),
-        (dict(max_epochs=0), "max_epochs=0"),
+        (dict(mode="up"), "mode must be 'min' or 'max', got 'up'"),
+        (dict(max_epochs=0), "max_epochs must be an integer >= 1, got 0"),
         (dict(method="dyhpo", kernel="cosine"), "kernel='cosine'"),
         (dict(method="dyhpo", surrogate_threads=0), "surrogate_threads"),
     ],
@@ -185,7 +188,7 @@ def test_min_mode_flips_the_sign():
     opt = _opt(mode="min")
     _drive(opt, 3, value=lambda c, j: -_f(c, j))
     tid, cfg, epoch, value = opt.best()
-    assert value == min(-_f(t.config, j) for t in opt.trials.values() for j in range(1, len(t.curve) + 1))
+    assert value == min(-_f(t.config, j) for t in _infos(opt) for j in range(1, t.epochs + 1))
 
 
 def test_no_leak_rows_see_weights_from_before_the_label():
@@ -204,7 +207,7 @@ def test_no_leak_rows_see_weights_from_before_the_label():
     opt = FMSOptimizer(p.space, max_epochs=5, method="fms-gmn", seed=0, encoder=IdentityEncoder(W_DIM),
                        graph_fn=vector_graph, starting_weights_fn=start, **FAST)
     _drive(opt, 15, p.value, weights)
-    rows, y = opt._training_data()
+    rows, y = opt.training_data()
     lay = opt.layout
     w = rows[:, lay.weight_slice]
     j = (rows[:, lay.budget_col] * lay.max_epochs).round().long()  # the label's epoch
@@ -326,7 +329,9 @@ def test_failures_teach_the_surrogate_to_avoid_failing_regions():
         else:
             opt.observe(s.trial_id, s.epoch, s.config["lr"] + 0.1 * s.epoch)
     assert failures <= 3  # in the second half, failing configs are (almost) never suggested
-    assert opt.trials[next(t for t, tr in opt.trials.items() if tr.reason)].failed_at == 1
+    failed = [t for t in _infos(opt) if t.status is TrialStatus.FAILED]
+    assert failed and all(t.epochs == 0 for t in failed)
+    assert opt.training_data()[0].shape[0] == opt.n_observations + len(failed)  # each failure is a row at epoch 1
 
 
 def test_trial_and_pending_report_what_the_optimizer_knows():

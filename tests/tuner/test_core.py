@@ -18,10 +18,10 @@ import torch
 from fms_lightning.errors import ConfigurationError, MissingMetricError, TrialFailedError
 from fms_lightning.space import Choice
 from fms_lightning.study import Study, TrialStatus
-from fms_lightning.tuner import FMSTuner
+from fms_lightning.tuner import FMSTuner, sync
 from tests import tiny_task
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _tuner(tmp_path, method="dyhpo", budget=6, study="study", space=None, **kw):
@@ -130,9 +130,9 @@ def test_resume_in_segments_equals_straight_training(tmp_path) -> None:
     for name, targets in (("pieces", (1, 2, 3)), ("straight", (3,))):
         tuner = _tuner(tmp_path, study=name)
         with Study(tmp_path / name) as study:
-            sid = study.add_trial(config, "mlp16", opt_trial_id=0)
+            sid = study.add_trial(config, "mlp16", source="tuner")
             for target in targets:
-                tuner._train_segment(study, sid, config, target)
+                tiny_task.train_segment(tuner, study, sid, config, target)
             finals.append(study.load_snapshot(study.observations(sid)[-1].snapshot))
             assert [o.epoch for o in study.observations(sid)] == [1, 2, 3]
     for k in finals[0]:
@@ -233,10 +233,10 @@ def test_runs_recorded_by_the_callback_pretrain_the_surrogate(tmp_path) -> None:
         trainer.fit(module, datamodule=tiny_task.TinyData())
     tuner = _tuner(tmp_path, method="fms-gmn", budget=2)
     with Study(tmp_path / "study") as study:
-        tuner.optimizer = opt = tuner._new_optimizer()
-        used = tuner._pretrain_from_recorded_runs(opt, study)
-    assert used == 1  # the run whose config does not fit the space is skipped
-    assert opt._pretrained
+        runs = sync.recorded_runs(study, tuner.space, monitor="val_acc", mode="max", max_epochs=2,
+                                  method=tuner.method)
+    assert len(runs) == 1  # the run whose config does not fit the space is skipped
+    assert len(runs[0]["weights"]) == 3 and len(runs[0]["curve"]) == 2  # W_0..W_2 and y_1, y_2
     result = tuner.fit()  # a fresh study state: pretrains, then tunes
     assert result.budget_used == 2
 
@@ -253,28 +253,27 @@ def test_a_segment_whose_worker_keeps_dying_fails_its_trial_after_the_retries(tm
     from collections import Counter
 
     from fms_lightning.executors import LostWorker
-    from fms_lightning.segment import SegmentSpec
+    from fms_lightning.tuner._loop import rerun_or_fail
+    from fms_lightning.tuner.segment import SegmentSpec
 
-    tuner = _tuner(tmp_path, max_lost_worker_retries=2)
-    spec, counts = SegmentSpec(1, 0, {"lr": 0.1}, 0, 1), Counter()
-    assert tuner._rerun_or_fail(spec, LostWorker("WorkerCrashedError: a"), counts) is None
-    assert tuner._rerun_or_fail(spec, LostWorker("WorkerCrashedError: b"), counts) is None
-    failed = tuner._rerun_or_fail(spec, LostWorker("NodeDiedError: c"), counts)
+    spec, counts = SegmentSpec(1, {"lr": 0.1}, 0, 1), Counter()
+    assert rerun_or_fail(spec, LostWorker("WorkerCrashedError: a"), counts, 2) is None
+    assert rerun_or_fail(spec, LostWorker("WorkerCrashedError: b"), counts, 2) is None
+    failed = rerun_or_fail(spec, LostWorker("NodeDiedError: c"), counts, 2)
     assert failed is not None and failed.checkpoint is None and failed.records == ()
     assert "lost 3 times" in failed.error and "NodeDiedError: c" in failed.error
-    assert len(tuner.lost_segments) == 3
     with pytest.raises(ConfigurationError, match="max_lost_worker_retries"):
         _tuner(tmp_path, max_lost_worker_retries=-1)
 
 
 def test_pace_waits_only_for_segments_due_before_a_refit(monkeypatch) -> None:
     from fms_lightning import executors
-    from fms_lightning.segment import SegmentSpec
+    from fms_lightning.tuner.segment import SegmentSpec
 
     clock = [100.0]
     monkeypatch.setattr(executors.time, "monotonic", lambda: clock[0])
     pace = executors.RefitPacer()
-    a, b = SegmentSpec(1, 0, {}, 0, 1), SegmentSpec(2, 1, {}, 0, 1)
+    a, b = SegmentSpec(1, {}, 0, 1), SegmentSpec(2, {}, 0, 1)
     assert pace.wait_seconds([3.0]) == 0.0  # nothing known yet: take only what has finished
     pace.submitted(a)
     pace.submitted(b)
@@ -366,7 +365,7 @@ def test_build_is_called_once_per_hub_entry_by_the_tuner_and_once_per_segment(tm
     segments = Counter(s.spec.config["model"] for s in tuner.segments)
     assert sum(segments.values()) >= 2
     for name in hub.names:
-        assert calls[name] == (1 if name in tuner._start_cache else 0) + segments[name], (name, calls, segments)
+        assert calls[name] == (1 if name in tuner.start_weights.cache else 0) + segments[name], (name, calls, segments)
 
 
 class _TwoMetrics(tiny_task.TinyModule):

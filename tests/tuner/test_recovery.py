@@ -19,9 +19,9 @@ from fms_lightning.errors import ConfigurationError, StudyError, TrialFailedErro
 from fms_lightning.study import Study, TrialStatus
 from fms_lightning.tuner import FMSTuner
 from tests import tiny_task
-from tests.test_tuner import _check_study
+from tests.tuner.test_core import _check_study
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _tuner(tmp_path, *, budget=6, study="study", seed=0, method="dyhpo", **kw) -> FMSTuner:
@@ -147,17 +147,17 @@ def test_a_truncated_checkpoint_fails_its_trial_naming_the_file(tmp_path) -> Non
     tuner = _tuner(tmp_path)
     config = {"model": "mlp8", "lr": 0.05, "batch_size": 16}
     with Study(tmp_path / "study") as study:
-        sid = study.add_trial(config, "mlp8", opt_trial_id=0)
-        tuner._train_segment(study, sid, config, 1)
+        sid = study.add_trial(config, "mlp8", source="tuner")
+        tiny_task.train_segment(tuner, study, sid, config, 1)
         _, rel = study.checkpoint(sid)
         ckpt = tmp_path / "study" / rel
         ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
         with pytest.raises(TrialFailedError, match=r"checkpoint '.*trial_00001/epoch_0001\.ckpt' is truncated"):
-            tuner._train_segment(study, sid, config, 2)
+            tiny_task.train_segment(tuner, study, sid, config, 2)
         assert [o.epoch for o in study.observations(sid)] == [1]  # its recorded epoch is kept
         ckpt.unlink()
         with pytest.raises(TrialFailedError, match=r"epoch_0001\.ckpt' is missing"):
-            tuner._train_segment(study, sid, config, 2)
+            tiny_task.train_segment(tuner, study, sid, config, 2)
 
 
 def test_damaged_snapshots_are_noticed_and_export_best_refuses_them(tmp_path) -> None:
