@@ -17,7 +17,7 @@ from fms_lightning.bench.spec import HUBS, SIZES, TASKS
 __all__ = ["register"]
 
 _OTHER_TASK = {"mirror": "rotate", "rotate": "mirror", "fewshot": "rotate"}  # --transfer source
-_FLAT = ("fms-flat", "fms-flat-nocurve")
+_ONE_ARCH = ("fms-flat", "fms-flat-nocurve", "fms-nfn", "fms-nfn-nocurve")  # refused on mixed hubs
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -70,7 +70,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if everything or "peers" in args.methods:  # the start-up count of the TPE peers depends on E
                 variants += peer_variants(args.budget, bench.epochs)
             variants += [v for v in named if v not in VARIANTS and v not in variants]
-            chosen = [v for v in variants if hub in ("cnn", "zoo") or v not in _FLAT]  # FLAT: one architecture
+            chosen = [v for v in variants if hub in ("cnn", "zoo") or v not in _ONE_ARCH]  # FLAT, NFN: one architecture
             source = None
             if args.transfer:
                 source = Benchmark(Path(args.cache) / bench_spec(hub, _OTHER_TASK[task], args.size).name)

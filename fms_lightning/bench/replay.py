@@ -57,6 +57,8 @@ VARIANTS: dict[str, tuple[str, bool]] = {
     "fms-gmn-readout": ("fms-gmn", True),
     "fms-gmn-full": ("fms-gmn", True),
     "fms-gmn-full-last3": ("fms-gmn", True),
+    "fms-nfn": ("fms-nfn", True),  # one-architecture hubs only (cnn, zoo); refused on diverse
+    "fms-nfn-nocurve": ("fms-nfn", False),
 }
 
 # variant name -> FMSOptimizer(gmn_training=..., ...): the GMN-training ablation (issue 11). These
@@ -72,9 +74,9 @@ GMN_TRAINING_VARIANTS: dict[str, dict[str, Any]] = {
 # variant name -> extra FMSOptimizer options (the acquisition ablations; see acquisition.Acquisition)
 VARIANT_OPTIONS: dict[str, dict[str, Any]] = {
     "dyhpo-horizon": {"acquisition": "ei-horizon"},
-    "fms-gmn-eimf": {"acquisition": "ei-mf"},
+    "fms-gmn-horizon": {"acquisition": "ei-horizon"},
 }
-VARIANTS.update({"dyhpo-horizon": ("dyhpo", True), "fms-gmn-eimf": ("fms-gmn", True)})
+VARIANTS.update({"dyhpo-horizon": ("dyhpo", True), "fms-gmn-horizon": ("fms-gmn", True)})
 
 
 def variant_name(method: str, learning_curve: bool) -> str:
@@ -272,7 +274,10 @@ def run_replay(bench: Benchmark, variant: str, seed: int, settings: RunSettings 
             bench.space, max_epochs=bench.epochs, method=method, mode="max", seed=seed, learning_curve=curve,
             n_candidates=settings.n_candidates, initial_steps=settings.initial_steps,
             refine_steps=settings.refine_steps, graph_fn=bench.graph_fn, starting_weights_fn=bench.starting_weights,
-            **GMN_TRAINING_VARIANTS.get(variant, {"gmn_training": settings.gmn_training if method == "fms-gmn" else None}),
+            model_factory=bench.model if method == "fms-nfn" else None,  # the NFN traces the hub's architecture
+            **GMN_TRAINING_VARIANTS.get(
+                variant, {"gmn_training": settings.gmn_training if method in ("fms-gmn", "fms-nfn") else None}
+            ),
             **VARIANT_OPTIONS.get(variant, {}),
         )
         if pretrain_from is not None:

@@ -24,13 +24,15 @@ __all__ = ["PAPER_TABLE1", "Summary", "load_results", "summarise", "write_report
 PAPER_TABLE1: dict[str, tuple[tuple[float, float], tuple[float, float] | None]] = {
     "fms-gmn": ((0.88, 0.92), (0.87, 0.91)),
     "fms-gmn-nocurve": ((0.80, 0.84), (0.80, 0.85)),
+    "fms-nfn": ((0.84, 0.88), None),
+    "fms-nfn-nocurve": ((0.82, 0.85), None),
     "fms-flat": ((0.78, 0.82), (0.78, 0.83)),
     "fms-flat-nocurve": ((0.76, 0.81), (0.77, 0.82)),
     "dyhpo": ((0.74, 0.77), (0.74, 0.78)),
     "dyhpo-nocurve": ((0.60, 0.63), (0.62, 0.65)),
     "gp": ((0.70, 0.73), (0.70, 0.74)),
 }
-_ORDER = ["fms-gmn", "fms-gmn-nocurve", "fms-flat", "fms-flat-nocurve", "dyhpo", "dyhpo-nocurve", "gp", "random",
+_ORDER = ["fms-gmn", "fms-gmn-nocurve", "fms-nfn", "fms-nfn-nocurve", "fms-flat", "fms-flat-nocurve", "dyhpo", "dyhpo-nocurve", "gp", "random",
           "tpe-hyperband", "tpe-hyperband-s", "tpe", "tpe-s", "sh", "fms-gmn+transfer"]
 
 

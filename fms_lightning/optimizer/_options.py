@@ -26,17 +26,23 @@ _FLAT_OUT_DIM = 64
 
 
 class Method(str, Enum):
-    """The optimizer's methods: FMS with a GMN or FLAT weight encoder, DyHPO, a plain GP, random search."""
+    """The optimizer's methods: FMS with a GMN, NFN or FLAT weight encoder, DyHPO, a plain GP, random search."""
 
     FMS_GMN = "fms-gmn"
     FMS_FLAT = "fms-flat"
+    FMS_NFN = "fms-nfn"
     DYHPO = "dyhpo"
     GP = "gp"
     RANDOM = "random"
 
     @property
     def uses_weights(self) -> bool:
-        return self in (Method.FMS_GMN, Method.FMS_FLAT)
+        return self in (Method.FMS_GMN, Method.FMS_FLAT, Method.FMS_NFN)
+
+    @property
+    def trains_encoder(self) -> bool:
+        """Whether ``gmn_training`` may train the weight encoder in the loop (GMN and NFN)."""
+        return self in (Method.FMS_GMN, Method.FMS_NFN)
 
 
 def parse_method(method: str | Method) -> Method:
@@ -59,9 +65,9 @@ def config_key(config: Mapping[str, Any]) -> str:
 
 
 def resolve_gmn_training(method: Method, value: str | GMNTraining | None, encoder: nn.Module | None) -> GMNTraining:
-    """The GMN training mode: only ``"fms-gmn"`` trains its encoder; None picks the default."""
+    """The GMN training mode: only ``"fms-gmn"`` and ``"fms-nfn"`` train their encoder; None picks the default."""
     if value is None:
-        if method is not Method.FMS_GMN or (encoder is not None and not callable(getattr(encoder, "node_states", None))):
+        if not method.trains_encoder or (encoder is not None and not callable(getattr(encoder, "node_states", None))):
             return GMNTraining.FROZEN
         return DEFAULT_GMN_TRAINING
     try:
@@ -70,10 +76,10 @@ def resolve_gmn_training(method: Method, value: str | GMNTraining | None, encode
         raise ConfigurationError(
             f"gmn_training={value!r} is unknown; expected one of {[m.value for m in GMNTraining]}."
         ) from err
-    if mode is not GMNTraining.FROZEN and method is not Method.FMS_GMN:
+    if mode is not GMNTraining.FROZEN and not method.trains_encoder:
         raise ConfigurationError(
-            f"gmn_training={mode.value!r} with method={method.value!r}; only method='fms-gmn' trains its "
-            f"weight encoder. Pass gmn_training='frozen' or leave it unset."
+            f"gmn_training={mode.value!r} with method={method.value!r}; only method='fms-gmn' or 'fms-nfn' "
+            f"trains its weight encoder. Pass gmn_training='frozen' or leave it unset."
         )
     return mode
 

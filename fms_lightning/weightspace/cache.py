@@ -13,14 +13,13 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from fms_lightning.errors import ConfigurationError, IncompatibleWeightsError, StudyError
+from fms_lightning.errors import ConfigurationError, IncompatibleWeightsError
 from fms_lightning.weightspace.graph import parameter_graph
 
 logger = logging.getLogger(__name__)
@@ -139,15 +138,6 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
         ConfigurationError: if the file does not exist.
         IncompatibleWeightsError: if the file does not hold a mapping of tensors.
     """
-    from fms_lightning.study import load_weights_file  # the one safe loader; this adds the encoder's errors
+    from fms_lightning._files import load_state_dict  # the one safe loader, with the encoders' errors
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigurationError(f"Weight file {str(p)!r} does not exist. Pass the path of a saved state dict.")
-    try:
-        return {str(k): v for k, v in load_weights_file(p).items()}
-    except StudyError as err:
-        raise IncompatibleWeightsError(
-            f"{err} Only plain tensors and containers are accepted (torch.load(weights_only=True)); save "
-            "weights with torch.save(model.state_dict()) or safetensors."
-        ) from err
+    return load_state_dict(path)

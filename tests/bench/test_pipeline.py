@@ -55,7 +55,7 @@ def test_killed_build_resumes(cache: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("variant", ["random", "gp", "dyhpo", "dyhpo-horizon", "fms-flat-nocurve", "fms-gmn",
-                                     "fms-gmn-eimf", "fms-gmn-frozen", "fms-gmn-full"])
+                                     "fms-gmn-horizon", "fms-gmn-frozen", "fms-gmn-full"])
 def test_replay_integrity(cache: Path, variant: str) -> None:
     bench = Benchmark(cache / "cnn-mirror-tiny")
     result = run_replay(bench, variant, seed=3, settings=SETTINGS)

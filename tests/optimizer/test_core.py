@@ -205,7 +205,7 @@ def test_no_leak_rows_see_weights_from_before_the_label():
         return {"w": torch.tensor([-99.0, 0.0, 0.0, 0.0])}
 
     opt = FMSOptimizer(p.space, max_epochs=5, method="fms-gmn", seed=0, encoder=IdentityEncoder(W_DIM),
-                       graph_fn=vector_graph, starting_weights_fn=start, **FAST)
+                       graph_fn=vector_graph, starting_weights_fn=start, acquisition="ei-horizon", **FAST)
     _drive(opt, 15, p.value, weights)
     rows, y = opt.training_data()
     lay = opt.layout
@@ -217,8 +217,8 @@ def test_no_leak_rows_see_weights_from_before_the_label():
     assert torch.all(w[m == 0, 0] == -99.0)  # W_{i,0} is the starting weights
     later = m > 0
     assert not torch.any(torch.isclose(w[later, 0], y[later].float().double()))
-    # the default fms acquisition looks ahead: some rows forecast several epochs past their context
-    assert opt.acquisition.value == "ei-horizon" and torch.any(m < j - 1)
+    # the look-ahead acquisition adds rows that forecast several epochs past their context
+    assert torch.any(m < j - 1)
     assert torch.equal(m[: int((m == j - 1).sum())], (j - 1)[: int((m == j - 1).sum())])
 
 
@@ -241,6 +241,34 @@ def test_pretrain_and_save_load_surrogate(tmp_path):
         _opt("dyhpo").load_surrogate(tmp_path / "s.pt")
     with pytest.raises(ConfigurationError, match="3 epochs"):
         b.pretrain([{"config": prior[0]["config"], "curve": prior[0]["curve"], "weights": []}])
+
+
+def test_after_pretraining_the_first_phase_adapts_with_the_full_step_count():
+    """Transfer: the first ``full_fit_until`` fits warm-start from the pretrained surrogate but take
+    ``initial_steps`` (not ``refine_steps``), so that it adapts to the new task; later fits refine."""
+    p = Problem(3)
+    rng = np.random.default_rng(0)
+    prior = [{"config": cfg, "curve": [p.value(cfg, e) for e in range(1, 4)],
+              "weights": [p.start_weights(cfg)] + [p.weights(cfg, e) for e in range(1, 4)]}
+             for cfg in p.space.sample(6, rng=rng)]
+    opt = _opt("fms-gmn", problem=p, full_fit_until=3)
+    opt.pretrain(prior, steps=10)
+    steps = []
+    for _ in range(6):
+        s = opt.suggest()
+        steps.append((opt.n_observations, opt.surrogate.last_fit_steps))
+        for e in range(opt.trial(s.trial_id).epochs + 1, s.epoch + 1):
+            opt.observe(s.trial_id, e, p.value(s.config, e), weights=p.weights(s.config, e))
+    first = [k for n, k in steps if 1 <= n <= 3]
+    later = [k for n, k in steps if n > 3]
+    assert first and set(first) == {FAST["initial_steps"]}
+    assert later and set(later) == {FAST["refine_steps"]}
+
+
+def test_the_default_acquisition_is_eq_5_for_every_method():
+    p = Problem(0)
+    for m in ("fms-gmn", "dyhpo"):
+        assert _opt(m, problem=p).acquisition.value == "ei-mf"
 
 
 @pytest.mark.slow
