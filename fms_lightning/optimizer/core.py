@@ -50,8 +50,7 @@ class FMSOptimizer(_TrialsAndState):
         space: The search space.
         max_epochs: The maximum budget of a trial, in epochs.
         method: ``"fms-gmn"`` (the default, as in ``FMSTuner``; it needs the weight hooks below),
-            ``"fms-flat"``, ``"fms-nfn"`` (every hub member must share one MLP / plain-CNN
-            architecture; refused at construction otherwise), ``"dyhpo"``, ``"gp"`` or ``"random"``.
+            ``"fms-flat"``, ``"fms-nfn"`` (one MLP/plain-CNN architecture), ``"dyhpo"``, ``"gp"``, ``"random"``.
         mode: ``"max"`` if larger values are better, else ``"min"``.
         seed: Seed of every random choice (candidate sampling, initialisation).
         learning_curve: Feed Y_{i,j-1} to the surrogate (False: the "no CNN" ablation).
@@ -63,9 +62,8 @@ class FMSOptimizer(_TrialsAndState):
         full_fit_until: See ``initial_steps``.
         max_train_rows: Cap on exact-GP rows (a seeded subset past it).
         encoder: Weight encoder for the fms methods (default: a seeded ``weightspace.GMNEncoder``
-            for ``"fms-gmn"``, ``FlatEncoder(out_dim=64)`` for ``"fms-flat"``, a seeded
-            ``weightspace.NFNEncoder`` of the hub's architecture for ``"fms-nfn"``, whose own
-            ``graph_fn`` then replaces the one passed in). With
+            for ``"fms-gmn"``, ``FlatEncoder(out_dim=64)`` for ``"fms-flat"``, a seeded ``NFNEncoder``
+            of the hub's architecture, whose own ``graph_fn`` is used, for ``"fms-nfn"``). With
             ``gmn_training="frozen"`` it stays at its initialisation; otherwise it is the initial
             trunk of the trained GMN.
         gmn_training: How much of the GMN is trained in the loop, jointly with ψ and the kernel
@@ -75,8 +73,7 @@ class FMSOptimizer(_TrialsAndState):
             permutation-invariant readout trained), or ``"full"`` (the trunk is trained too, in
             the from-scratch fits; refits train the readout on the re-embedded snapshots).
             Default: ``"readout"`` for ``"fms-gmn"`` (``"frozen"`` for an encoder without
-            ``node_states``), ``"frozen"`` for ``"fms-flat"``; ``"fms-nfn"`` trains its NFN as ``"fms-gmn"``
-            does its GMN (default ``"readout"``).
+            ``node_states``), ``"frozen"`` for ``"fms-flat"``; ``"fms-nfn"`` trains its NFN likewise.
         gmn_trunk_fits: With ``gmn_training="full"``: how many of the last from-scratch fits
             train the trunk, counted in observations (the fits at ``full_fit_until -
             gmn_trunk_fits + 1`` to ``full_fit_until`` observations; the last one's trunk is the
