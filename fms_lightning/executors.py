@@ -56,11 +56,11 @@ class RefitPacer:
         self._durations: list[float] = []
 
     def submitted(self, spec: SegmentSpec) -> None:
-        self._started[spec.study_trial] = time.monotonic()
+        self._started[spec.trial_id] = time.monotonic()
 
     def finished(self, spec: SegmentSpec, seconds: float | None) -> None:
         """``seconds``: how long the worker took (not when the driver noticed, which can be much later)."""
-        self._started.pop(spec.study_trial, None)
+        self._started.pop(spec.trial_id, None)
         if seconds is not None:
             self._durations.append(seconds)
 

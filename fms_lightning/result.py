@@ -39,7 +39,7 @@ def _in_monitor(study: Study, trial: TrialRecord, obs: list[Observation], monito
     """
     if monitor is None:
         return obs
-    if trial.opt_trial_id is not None:
+    if trial.source == "tuner":
         own = (study.get_meta("tuner_settings") or {}).get("monitor")
     else:
         own = study.run_settings(trial.trial_id).get("monitor")
@@ -151,7 +151,7 @@ def study_objective(study: Study, *, mode: str | None = None) -> tuple[str | Non
     settings = study.get_meta("tuner_settings") or {}
     monitor, known = settings.get("monitor"), settings.get("mode")
     if monitor is None:
-        recorded = [study.run_settings(t.trial_id) for t in study.trials() if t.opt_trial_id is None]
+        recorded = [study.run_settings(t.trial_id) for t in study.trials() if t.source != "tuner"]
         monitors = sorted({r["monitor"] for r in recorded if r.get("monitor")})
         modes = sorted({r["mode"] for r in recorded if r.get("mode") and r.get("monitor") == monitors[0]}) \
             if monitors else []
@@ -185,9 +185,9 @@ def best_result(study: Study, mode: str, *, monitor: str | None = None, tuner_on
         trials = [study.trial(trial_id)]
     else:
         if tuner_only is None:
-            tuner_only = any(t.opt_trial_id is not None for t in trials)
+            tuner_only = any(t.source == "tuner" for t in trials)
         if tuner_only:
-            trials = [t for t in trials if t.opt_trial_id is not None]
+            trials = [t for t in trials if t.source == "tuner"]
     board = leaderboard(study, mode, trials=trials, monitor=monitor)
     if not board or board[0].best_value is None:
         raise StudyError(f"No observations of {monitor or 'the monitored metric'} in the study at "
@@ -198,7 +198,7 @@ def best_result(study: Study, mode: str, *, monitor: str | None = None, tuner_on
     return TuneResult(
         best_trial_id=top.trial_id, best_config=top.config, best_hub_entry=top.hub_entry, best_epoch=top.best_epoch,
         best_value=top.best_value, best_checkpoint=str(study.path / str(snap)), leaderboard=board,
-        budget_used=study.budget_used(tuner_only=True), study_dir=str(study.path),
+        budget_used=study.budget_used(source="tuner"), study_dir=str(study.path),
     )
 
 

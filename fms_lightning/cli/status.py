@@ -19,14 +19,14 @@ def _run(args: argparse.Namespace) -> int:
         counts: dict[str, int] = {}
         for t in trials:
             counts[t.status.value] = counts.get(t.status.value, 0) + 1
-        tuned, total = study.budget_used(tuner_only=True), study.budget_used()
+        tuned, total = study.budget_used(source="tuner"), study.budget_used()
         budget = f"budget used {tuned} epochs by the tuner"
         if total > tuned:
             budget += f" (+{total - tuned} epochs of runs recorded by WeightSnapshot)"
         guessed = " (mode guessed from the name; pass --mode)" if source == "guessed" else ""
         print(f"study {args.study_dir}: {len(trials)} trials ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}); "
               f"{budget}; method {settings.get('method', '-')}, monitor {monitor or '-'} ({mode}){guessed}")
-        tuner_rows = [r for r in board if study.trial(r.trial_id).opt_trial_id is not None]
+        tuner_rows = [r for r in board if study.trial(r.trial_id).source == "tuner"]
         top = next((r for r in (tuner_rows or board) if r.best_value is not None), None)
         if top is not None:
             kind = "" if tuner_rows else " (a recorded run)"

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fms_lightning.errors import TrialFailedError
+from fms_lightning._parallel import LostWorkerRetries
 from fms_lightning.executors import LocalExecutor, LostWorker, RayExecutor, RayFailure, RefitPacer
 from fms_lightning.optimizer import FMSOptimizer
 from fms_lightning.study import Study
@@ -63,13 +63,12 @@ def make_executor(tuner: FMSTuner, task: Callable[..., SegmentResult]) -> LocalE
     return LocalExecutor(tuner.runner)
 
 
-def rerun_or_fail(spec: SegmentSpec, lost: LostWorker, counts: Counter[int], max_retries: int) -> SegmentResult | None:
-    """``None`` if a segment whose worker was lost should run again (at most ``max_retries`` times), else its failure."""
-    counts[spec.trial_id] += 1
-    if counts[spec.trial_id] <= max_retries:
+def rerun_or_fail(spec: SegmentSpec, lost: LostWorker, retries: LostWorkerRetries) -> SegmentResult | None:
+    """``None`` if a segment whose worker was lost should run again (the ``retries`` policy), else its failure."""
+    if retries.retry(spec.trial_id):
         log.warning("Trial %s: %s; re-running it from epoch %s.", spec.trial_id, lost.reason, spec.start_epoch)
         return None
-    reason = f"LostWorker: its worker was lost {counts[spec.trial_id]} times; last: {lost.reason}"
+    reason = f"LostWorker: its worker was lost {retries.times_lost(spec.trial_id)} times; last: {lost.reason}"
     return SegmentResult(spec, (), None, None, reason, "", time.time())
 
 
@@ -86,7 +85,7 @@ class TrainingLoop:
     def __init__(self, tuner: FMSTuner, opt: FMSOptimizer, study: Study, unfinished: list[Suggestion]) -> None:
         self.tuner, self.opt, self.study, self.unfinished = tuner, opt, study, unfinished
         self.failures: list[str] = []
-        self.lost: Counter[int] = Counter()
+        self.retries = LostWorkerRetries(tuner.max_lost_worker_retries)
         self._first_failure: tuple[int, Path | None, str | None] = (0, None, None)
 
     def run(self, executor: LocalExecutor | RayExecutor, bar: Any, writer: Any) -> None:
@@ -108,7 +107,7 @@ class TrainingLoop:
                     raise outcome.error
                 if isinstance(outcome, LostWorker):
                     tuner.lost_segments.append((spec, outcome.reason))
-                    outcome = rerun_or_fail(spec, outcome, self.lost, tuner.max_lost_worker_retries)
+                    outcome = rerun_or_fail(spec, outcome, self.retries)
                 if outcome is None:  # re-run from the same committed checkpoint
                     executor.submit(spec)
                     pace.submitted(spec)

@@ -29,8 +29,9 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from fms_lightning.callbacks.trial_guards import EpochSeeder, NonFiniteLossGuard
 from fms_lightning._files import check_checkpoint_file, checkpoint_relpath, snapshot_relpath, write_snapshot_file
+from fms_lightning._trainer import trial_trainer_kwargs
+from fms_lightning.callbacks.trial_guards import EpochSeeder, NonFiniteLossGuard
 from fms_lightning.callbacks.weight_snapshot import SnapshotSink, WeightSnapshot
 from fms_lightning.errors import BuildError, ConfigurationError, MissingMetricError
 from fms_lightning.hub import HubEntry, ModelHub
@@ -263,15 +264,10 @@ class SegmentRunner:
 
         logger = TensorBoardLogger(self.storage.uri("tensorboard"), name="trials",
                                    version=f"trial_{spec.trial_id:05d}", default_hp_metric=False)
-        kwargs = {
-            "accelerator": "cpu", "logger": logger, "enable_progress_bar": False, "enable_model_summary": False,
-            "enable_checkpointing": False, "num_sanity_val_steps": 0, "deterministic": True, "log_every_n_steps": 1,
-        } | self.trainer_kwargs
-        kwargs["callbacks"] = [
+        kwargs = trial_trainer_kwargs(self.trainer_kwargs, logger=logger, log_every_n_steps=1, before=[
             recorder, EpochSeeder(self.seed, f"trial-{spec.trial_id}", first_epoch=spec.start_epoch),
-            _TrialLogs(spec.config, self.monitor, spec.start_epoch == 0),
-            NonFiniteLossGuard(), *kwargs.get("callbacks", []),
-        ]
+            _TrialLogs(spec.config, self.monitor, spec.start_epoch == 0), NonFiniteLossGuard(),
+        ])
         kwargs["max_epochs"] = spec.target
         with quiet_lightning():
             return pl.Trainer(**kwargs)

@@ -250,16 +250,16 @@ def test_a_study_from_before_committed_checkpoints_is_refused_clearly(tmp_path) 
 
 
 def test_a_segment_whose_worker_keeps_dying_fails_its_trial_after_the_retries(tmp_path) -> None:
-    from collections import Counter
-
+    from fms_lightning._parallel import LostWorkerRetries
     from fms_lightning.executors import LostWorker
     from fms_lightning.tuner._loop import rerun_or_fail
     from fms_lightning.tuner.segment import SegmentSpec
 
-    spec, counts = SegmentSpec(1, {"lr": 0.1}, 0, 1), Counter()
-    assert rerun_or_fail(spec, LostWorker("WorkerCrashedError: a"), counts, 2) is None
-    assert rerun_or_fail(spec, LostWorker("WorkerCrashedError: b"), counts, 2) is None
-    failed = rerun_or_fail(spec, LostWorker("NodeDiedError: c"), counts, 2)
+    spec, retries = SegmentSpec(1, {"lr": 0.1}, 0, 1), LostWorkerRetries(2)
+    assert rerun_or_fail(spec, LostWorker("WorkerCrashedError: a"), retries) is None
+    assert rerun_or_fail(spec, LostWorker("WorkerCrashedError: b"), retries) is None
+    assert rerun_or_fail(SegmentSpec(2, {"lr": 0.2}, 0, 1), LostWorker("x"), retries) is None  # counted per trial
+    failed = rerun_or_fail(spec, LostWorker("NodeDiedError: c"), retries)
     assert failed is not None and failed.checkpoint is None and failed.records == ()
     assert "lost 3 times" in failed.error and "NodeDiedError: c" in failed.error
     with pytest.raises(ConfigurationError, match="max_lost_worker_retries"):
