@@ -122,7 +122,7 @@ def check_trainer_kwargs(kwargs: Mapping[str, Any], *, where: str = "trainer", r
                  reserved_hint=reserved_hint)
     if not construct:
         return
-    from fms_lightning.segment import quiet_lightning
+    from fms_lightning.tuner._lightning import quiet_lightning
 
     probe = dict(kwargs)
     probe.pop("callbacks", None)

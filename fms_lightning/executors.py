@@ -3,14 +3,14 @@
 Both take jobs with :meth:`submit` and hand back finished ones with
 :meth:`next_done`, as ``(job, outcome)``; with a ``timeout`` it returns ``None``
 when nothing finished in time. For the tuner a job is a
-:class:`~fms_lightning.segment.SegmentSpec` and the outcome its
-:class:`~fms_lightning.segment.SegmentResult`. On Ray the outcome can also be
+:class:`~fms_lightning.tuner.segment.SegmentSpec` and the outcome its
+:class:`~fms_lightning.tuner.segment.SegmentResult`. On Ray the outcome can also be
 :class:`LostWorker` (the process or node running it went away: the job can run
 again) or :class:`RayFailure` (Ray gave up on it for another reason). An
 exception raised by the job's own code is raised again, with its type.
 
 The executors themselves are the generic ones of :mod:`fms_lightning._parallel`;
-this module binds the local one to a :class:`~fms_lightning.segment.SegmentRunner`
+this module binds the local one to a :class:`~fms_lightning.tuner.segment.SegmentRunner`
 and paces the tuner's refits.
 """
 
@@ -24,7 +24,7 @@ from fms_lightning import _parallel
 from fms_lightning._parallel import LostWorker, RayExecutor, RayFailure
 
 if TYPE_CHECKING:
-    from fms_lightning.segment import SegmentResult, SegmentRunner, SegmentSpec
+    from fms_lightning.tuner.segment import SegmentResult, SegmentRunner, SegmentSpec
 
 __all__ = ["LocalExecutor", "LostWorker", "RayExecutor", "RayFailure", "RefitPacer"]
 

@@ -49,6 +49,7 @@ from typing import Any, TextIO
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fms_lightning._validate import check_int
 from fms_lightning.errors import ConfigurationError
 from fms_lightning.recipes import BUILTINS
 
@@ -156,8 +157,8 @@ def _resolve_hub(spec: Any, seed: int, stream: TextIO, *, trusted_factories: Any
 
 
 def _datamodule_factory(obj: Any) -> Any:
-    """A recipe's ``datamodule:`` object as FMSTuner takes it (see ``segment.datamodule_factory``)."""
-    from fms_lightning.segment import datamodule_factory
+    """A recipe's ``datamodule:`` object as FMSTuner takes it (see ``tuner._lightning.datamodule_factory``)."""
+    from fms_lightning.tuner._lightning import datamodule_factory
 
     return datamodule_factory(obj)
 
@@ -181,13 +182,10 @@ def tuner_from_recipe(cfg: DictConfig | dict[str, Any]) -> tuple[Any, dict[str, 
         if not isinstance(plain["threads"], int) or plain["threads"] < 1:
             raise ConfigurationError(f"threads must be a positive integer or null, got {plain['threads']!r}.")
         torch.set_num_threads(plain["threads"])
-    from fms_lightning.tuner import _check_extra_kwargs
+    from fms_lightning.tuner._settings import _check_extra_kwargs
 
     _check_extra_kwargs(plain["optimizer"], plain["trainer"])  # before the hub is built or loaded
-    if isinstance(plain["max_consecutive_failures"], bool) or plain["max_consecutive_failures"] < 1:
-        raise ConfigurationError(
-            f"max_consecutive_failures must be an integer >= 1, got {plain['max_consecutive_failures']!r}."
-        )
+    check_int(plain["max_consecutive_failures"], "max_consecutive_failures", minimum=1)
     hub = _resolve_hub(plain["hub"], int(plain["seed"]), sys.stderr, trusted_factories=plain["trusted_factories"],
                        trust_code=bool(plain["trust_hub_code"]))
     spec = dict(plain["search_space"])
