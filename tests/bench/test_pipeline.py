@@ -22,12 +22,17 @@ SETTINGS = RunSettings(budget=8, tau_budgets=(4, 8), n_candidates=8, initial_ste
                        pretrain_configs=2, pretrain_steps=5)
 
 
+def _built(tmp_path_factory: pytest.TempPathFactory, hub: str, tasks: tuple[str, ...]) -> Path:
+    """A cache holding the tiny benchmarks of ``hub`` for ``tasks``."""
+    root = tmp_path_factory.mktemp(f"{hub}-cache")
+    for task in tasks:
+        build_benchmark(bench_spec(hub, task, "tiny"), root, progress=False)
+    return root
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("bench-cache")
-    for task in ("mirror", "rotate"):
-        build_benchmark(bench_spec("cnn", task, "tiny"), root, progress=False)
-    return root
+    return _built(tmp_path_factory, "cnn", ("mirror", "rotate"))
 
 
 def test_cache_is_complete(cache: Path) -> None:
@@ -102,10 +107,7 @@ def test_cli_run_and_report(cache: Path, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def zoo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("zoo-cache")
-    for task in ("mirror", "fewshot"):
-        build_benchmark(bench_spec("zoo", task, "tiny"), root, progress=False)
-    return root
+    return _built(tmp_path_factory, "zoo", ("mirror", "fewshot"))
 
 
 def test_zoo_members_differ(zoo_cache: Path) -> None:
