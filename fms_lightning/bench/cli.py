@@ -58,7 +58,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         require_optuna()  # fail before any run, naming the extra
     settings = RunSettings(budget=args.budget, tau_budgets=tuple(b for b in (50, 100) if b <= args.budget) or
                            (args.budget,), n_candidates=args.candidates, initial_steps=args.initial_steps,
-                           refine_steps=args.refine_steps, pretrain_steps=args.pretrain_steps, threads=args.threads,
+                           refine_steps=args.refine_steps,
+                           initial_warm_steps=args.initial_warm_steps, pretrain_steps=args.pretrain_steps, threads=args.threads,
                            gmn_training=args.gmn_training)
     seeds = range(args.seed_start, args.seed_start + args.seeds)
     for hub in args.hub:
@@ -124,6 +125,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     run.add_argument("--candidates", type=int, default=256, help="new configs scored per suggestion")
     run.add_argument("--initial-steps", type=int, default=1000)
     run.add_argument("--refine-steps", type=int, default=50)
+    run.add_argument("--initial-warm-steps", type=int, default=None,
+                     help="warm-start the initial phase's fits after the first, with this many steps")
     run.add_argument("--pretrain-steps", type=int, default=500, help="Adam steps of the transfer pretraining")
     run.add_argument("--transfer", action="store_true", help="also run fms-gmn pretrained on the other task")
     run.add_argument("--gmn-training", choices=["frozen", "readout", "full"], default=None,

@@ -16,7 +16,7 @@ from fms_lightning.optimizer._options import config_key
 from fms_lightning.surrogate.dataset import (
     add_forecast_rows, cap_rows, forecast_rows, impute_failures, make_row, training_rows,
 )
-from fms_lightning.surrogate.readout import SnapshotFeaturizer
+from fms_lightning.surrogate.readout import GMNTraining, SnapshotFeaturizer
 from fms_lightning.surrogate.weights import WeightFeaturizer
 from fms_lightning.trial import TrialStatus
 
@@ -68,8 +68,11 @@ def fit(opt: FMSOptimizer) -> None:
     cfg = opt.surrogate_config
     new_data = version != opt._fitted_at or opt.surrogate.model is None
     first_phase = new_data and n_obs <= cfg.full_fit_until
-    scratch = first_phase and not opt._pretrained
-    steps = 0 if not new_data else (cfg.initial_steps if first_phase else cfg.refine_steps)
+    warm = first_phase and _warm_starts(opt)
+    scratch = first_phase and not opt._pretrained and not warm
+    steps = 0 if not new_data else (
+        cfg.initial_warm_steps if warm else cfg.initial_steps if first_phase else cfg.refine_steps
+    )
     if isinstance(opt.featurizer, SnapshotFeaturizer):  # which from-scratch fits train the GMN trunk
         k = opt.gmn_trunk_fits
         opt.featurizer.trunk_enabled = k is None or n_obs > cfg.full_fit_until - k
@@ -77,6 +80,17 @@ def fit(opt: FMSOptimizer) -> None:
         rows, y, steps=steps, from_scratch=scratch, seed=opt.seed * 100_003 + n_obs, weight_population=population
     )
     opt._fitted_at = version
+
+
+def _warm_starts(opt: FMSOptimizer) -> bool:
+    """Whether a fit of the first phase warm-starts from the previous one (``initial_warm_steps``).
+
+    Not after ``pretrain()`` (those fits adapt with ``initial_steps``), and not when the GMN
+    trunk trains (``gmn_training="full"`` trains it in from-scratch fits only).
+    """
+    if opt.surrogate_config.initial_warm_steps is None or opt.surrogate.model is None or opt._pretrained:
+        return False
+    return not (isinstance(opt.featurizer, SnapshotFeaturizer) and opt.featurizer.mode is GMNTraining.FULL)
 
 
 def select(opt: FMSOptimizer, new: list[dict[str, Any]]) -> int | dict[str, Any]:

@@ -60,6 +60,8 @@ class FMSOptimizer(_TrialsAndState):
         initial_steps: Adam steps from scratch while ``<= full_fit_until`` evaluations exist.
         refine_steps: Warm-started Adam steps per refit afterwards.
         full_fit_until: See ``initial_steps``.
+        initial_warm_steps: With a number, only the first fit of the initial phase is from
+            scratch; the later ones warm-start and take this many steps (None: from scratch each).
         max_train_rows: Cap on exact-GP rows (a seeded subset past it).
         encoder: Weight encoder for the fms methods (default: a seeded ``weightspace.GMNEncoder``
             for ``"fms-gmn"``, ``FlatEncoder(out_dim=64)`` for ``"fms-flat"``, a seeded ``NFNEncoder``
@@ -122,6 +124,7 @@ class FMSOptimizer(_TrialsAndState):
         initial_steps: int = 1000,
         refine_steps: int = 50,
         full_fit_until: int = 10,
+        initial_warm_steps: int | None = None,
         max_train_rows: int = 1500,
         encoder: nn.Module | None = None,
         graph_fn: GraphFn | None = None,
@@ -159,6 +162,7 @@ class FMSOptimizer(_TrialsAndState):
         )
         self.surrogate_config = SurrogateConfig(
             kernel=kernel, lr=lr, initial_steps=initial_steps, refine_steps=refine_steps, full_fit_until=full_fit_until,
+            initial_warm_steps=initial_warm_steps,
             max_train_rows=max_train_rows, learning_curve=learning_curve and self.method is not Method.GP,
             use_extractor=self.method is not Method.GP,
         )

@@ -30,6 +30,7 @@ from torch import nn
 from fms_lightning.errors import ConfigurationError, SurrogateError
 from fms_lightning.surrogate.dataset import InputLayout
 from fms_lightning.surrogate.features import FeatureExtractor
+from fms_lightning.surrogate.mll import eq3_loss
 from fms_lightning.surrogate.readout import GraphReadout, SnapshotFeaturizer
 from fms_lightning.surrogate.stopping import LossPlateau
 
@@ -55,6 +56,9 @@ class SurrogateConfig:
         initial_steps: Steps from scratch while the study has ``<= full_fit_until`` evaluations.
         refine_steps: Warm-started steps per refit afterwards.
         full_fit_until: Number of evaluations up to which every fit is from scratch.
+        initial_warm_steps: With a number, only the first fit of that initial phase is from
+            scratch (``initial_steps``); the later ones warm-start from the previous fit and take
+            this many steps. None (DyHPO): every fit of the phase is from scratch.
         max_train_rows: Past this many rows, the exact GP is fit on a seeded subset that
             keeps every trial's latest row (Cholesky is cubic in rows).
         learning_curve: Use the curve CNN.
@@ -74,6 +78,7 @@ class SurrogateConfig:
     initial_steps: int = 1000
     refine_steps: int = 50
     full_fit_until: int = 10
+    initial_warm_steps: int | None = None
     max_train_rows: int = 1500
     learning_curve: bool = True
     use_extractor: bool = True
@@ -92,6 +97,10 @@ class SurrogateConfig:
                 f"SurrogateConfig received lr={self.lr}, initial_steps={self.initial_steps}, "
                 f"refine_steps={self.refine_steps}, max_train_rows={self.max_train_rows}; expected "
                 f"lr > 0, steps >= 0, max_train_rows >= 2."
+            )
+        if self.initial_warm_steps is not None and self.initial_warm_steps < 0:
+            raise ConfigurationError(
+                f"SurrogateConfig received initial_warm_steps={self.initial_warm_steps}; expected None or >= 0."
             )
         if self.stop_rel_tol is not None:
             LossPlateau(window=self.stop_window, rel_tol=self.stop_rel_tol)  # validates both
@@ -288,8 +297,8 @@ class Surrogate:
         if steps == 0:
             return
         model.train()
-        mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
-        opt = torch.optim.Adam(model.parameters(), lr=self.config.lr)
+        opt = torch.optim.Adam(model.parameters(), lr=self.config.lr, foreach=True)
+        loss_fn = eq3_loss(model)
         cfg = self.config
         plateau = None if cfg.stop_rel_tol is None else LossPlateau(cfg.stop_window, cfg.stop_rel_tol)
         self.last_fit_steps = 0
@@ -297,7 +306,7 @@ class Surrogate:
             for _ in range(steps):
                 opt.zero_grad()
                 try:
-                    loss = -mll(model(x), y)
+                    loss = loss_fn(x, y)
                     if not torch.isfinite(loss):
                         raise _Retry("non-finite loss")
                     loss.backward()
