@@ -59,7 +59,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = RunSettings(budget=args.budget, tau_budgets=tuple(b for b in (50, 100) if b <= args.budget) or
                            (args.budget,), n_candidates=args.candidates, initial_steps=args.initial_steps,
                            refine_steps=args.refine_steps,
-                           initial_warm_steps=args.initial_warm_steps, pretrain_steps=args.pretrain_steps, threads=args.threads,
+                           initial_warm_steps=args.initial_warm_steps, lr=args.lr, pretrain_steps=args.pretrain_steps, threads=args.threads,
                            gmn_training=args.gmn_training)
     seeds = range(args.seed_start, args.seed_start + args.seeds)
     for hub in args.hub:
@@ -125,6 +125,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     run.add_argument("--candidates", type=int, default=256, help="new configs scored per suggestion")
     run.add_argument("--initial-steps", type=int, default=1000)
     run.add_argument("--refine-steps", type=int, default=50)
+    run.add_argument("--lr", type=float, default=1e-3, help="the surrogate's Adam learning rate")
     run.add_argument("--initial-warm-steps", type=int, default=None,
                      help="warm-start the initial phase's fits after the first, with this many steps")
     run.add_argument("--pretrain-steps", type=int, default=500, help="Adam steps of the transfer pretraining")

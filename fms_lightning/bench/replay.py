@@ -96,6 +96,7 @@ class RunSettings:
         refine_steps: Adam steps of the warm-started refits (paper: 50).
         initial_warm_steps: ``FMSOptimizer(initial_warm_steps=...)``: None fits each fit of the
             initial phase from scratch.
+        lr: The surrogate's Adam learning rate (``FMSOptimizer(lr=...)``).
         pretrain_configs: Configs of the other task used to pretrain the surrogate (transfer runs).
         pretrain_steps: Adam steps of that pretraining.
         threads: ``torch.set_num_threads`` during the run.
@@ -112,6 +113,7 @@ class RunSettings:
     initial_steps: int = 1000
     refine_steps: int = 50
     initial_warm_steps: int | None = None
+    lr: float = 1e-3
     pretrain_configs: int = 32
     pretrain_steps: int = 500
     threads: int = 1
@@ -276,7 +278,7 @@ def run_replay(bench: Benchmark, variant: str, seed: int, settings: RunSettings 
         opt = FMSOptimizer(
             bench.space, max_epochs=bench.epochs, method=method, mode="max", seed=seed, learning_curve=curve,
             n_candidates=settings.n_candidates, initial_steps=settings.initial_steps,
-            refine_steps=settings.refine_steps, initial_warm_steps=settings.initial_warm_steps, graph_fn=bench.graph_fn, starting_weights_fn=bench.starting_weights,
+            refine_steps=settings.refine_steps, initial_warm_steps=settings.initial_warm_steps, lr=settings.lr, graph_fn=bench.graph_fn, starting_weights_fn=bench.starting_weights,
             model_factory=bench.model if method == "fms-nfn" else None,  # the NFN traces the hub's architecture
             **GMN_TRAINING_VARIANTS.get(
                 variant, {"gmn_training": settings.gmn_training if method in ("fms-gmn", "fms-nfn") else None}

@@ -265,6 +265,43 @@ def test_after_pretraining_the_first_phase_adapts_with_the_full_step_count():
     assert later and set(later) == {FAST["refine_steps"]}
 
 
+@pytest.mark.parametrize("method", ["dyhpo", "fms-gmn"])
+def test_initial_warm_steps_fit_from_scratch_once_then_warm_start(method, monkeypatch):
+    """``initial_warm_steps``: the initial phase's first fit is from scratch with ``initial_steps``,
+    its later fits warm-start with ``initial_warm_steps``; afterwards ``refine_steps``. None keeps
+    every fit of the phase from scratch."""
+    from fms_lightning.surrogate.gp import Surrogate
+
+    calls = []
+    real = Surrogate.fit
+
+    def spy(self, rows, targets, *, steps, from_scratch, seed, weight_population=None):
+        calls.append((int(rows.shape[0]), steps, from_scratch))
+        return real(self, rows, targets, steps=steps, from_scratch=from_scratch, seed=seed,
+                    weight_population=weight_population)
+
+    monkeypatch.setattr(Surrogate, "fit", spy)
+    p = Problem(4)
+    for warm in (7, None):
+        calls.clear()
+        opt = _opt(method, problem=p, full_fit_until=4, initial_warm_steps=warm)
+        n_obs = []
+        for _ in range(8):
+            s = opt.suggest()
+            n_obs.append(opt.n_observations)
+            for e in range(opt.trial(s.trial_id).epochs + 1, s.epoch + 1):
+                opt.observe(s.trial_id, e, p.value(s.config, e), weights=p.weights(s.config, e))
+        fits = [(n, c[1], c[2]) for n, c in zip([n for n in n_obs if n > 0], calls)]
+        first = [f for f in fits if f[0] <= 4]
+        assert len(first) >= 3 and fits[-1][0] > 4
+        if warm is None:
+            assert all(steps == FAST["initial_steps"] and scratch for _, steps, scratch in first)
+        else:
+            assert first[0][1:] == (FAST["initial_steps"], True)
+            assert all(f[1:] == (warm, False) for f in first[1:])
+        assert all(f[1:] == (FAST["refine_steps"], False) for f in fits if f[0] > 4)
+
+
 def test_the_default_acquisition_is_eq_5_for_every_method():
     p = Problem(0)
     for m in ("fms-gmn", "dyhpo"):
