@@ -30,7 +30,7 @@ from torch import nn
 from fms_lightning.errors import ConfigurationError, SurrogateError
 from fms_lightning.surrogate.dataset import InputLayout
 from fms_lightning.surrogate.features import FeatureExtractor
-from fms_lightning.surrogate.mll import eq3_loss
+from fms_lightning.surrogate.exact import eq3_loss, posterior
 from fms_lightning.surrogate.readout import GraphReadout, SnapshotFeaturizer
 from fms_lightning.surrogate.stopping import LossPlateau
 
@@ -350,15 +350,13 @@ class Surrogate:
         for jitter in _JITTERS:
             try:
                 with _settings(jitter):
+                    x_c, y_c = x_tr, y_tr
                     if fantasy_rows is not None and fantasy_rows.shape[0]:
                         fx = self._prep(fantasy_rows)
-                        model.set_train_data(x_tr, y_tr, strict=False)
-                        fy = model(fx).mean
-                        model.set_train_data(torch.cat([x_tr, fx]), torch.cat([y_tr, fy]), strict=False)
-                    else:
-                        model.set_train_data(x_tr, y_tr, strict=False)
-                    post = model(cand)
-                    mean, var = post.mean, post.variance.clamp_min(1e-12)
+                        fy, _ = posterior(model, x_tr, y_tr, fx)
+                        x_c, y_c = torch.cat([x_tr, fx]), torch.cat([y_tr, fy])
+                    mean, var = posterior(model, x_c, y_c, cand)
+                    var = var.clamp_min(1e-12)
                 model.set_train_data(x_tr, y_tr, strict=False)
                 if torch.isfinite(mean).all() and torch.isfinite(var).all():
                     return mean * self._y_std + self._y_mean, var.sqrt() * self._y_std

@@ -13,7 +13,7 @@ from linear_operator.utils.errors import NotPSDError
 from fms_lightning.surrogate.dataset import InputLayout
 from fms_lightning.surrogate.features import FeatureExtractor
 from fms_lightning.surrogate.gp import DeepKernelGP, Kernel
-from fms_lightning.surrogate.mll import _cholesky, eq3_loss, neg_mll, supports_direct
+from fms_lightning.surrogate.exact import _cholesky, eq3_loss, neg_mll, posterior, supports_direct
 
 
 def _model(kernel: Kernel, extractor: bool, n: int = 14, seed: int = 0):
@@ -90,3 +90,19 @@ def test_cholesky_adds_gpytorchs_jitter_to_a_singular_matrix_and_refuses_an_inde
     indefinite = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)
     with pytest.raises(NotPSDError, match="not positive definite"):
         _cholesky(indefinite)
+
+
+@pytest.mark.parametrize("kernel", [Kernel.MATERN, Kernel.RBF])
+@pytest.mark.parametrize("extractor", [True, False])
+def test_posterior_equals_gpytorchs_exact_prediction(kernel, extractor):
+    model, x, y = _model(kernel, extractor)
+    rows = torch.rand(23, x.shape[1], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    model.eval()
+    with torch.no_grad(), gpytorch.settings.fast_computations(False, False, False):
+        model.set_train_data(x, y, strict=False)
+        ref = model(rows)
+        mean, var = posterior(model, x, y, rows)
+    assert torch.allclose(mean, ref.mean, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(var, ref.variance, rtol=1e-8, atol=1e-12)
+    at_train, var_train = posterior(model, x, y, x)  # little noise: the posterior nearly interpolates
+    assert torch.all(var_train < var.mean())

@@ -1,4 +1,4 @@
-"""Eq. 3, the negative log marginal likelihood of the deep-kernel GP, in plain torch.
+"""The exact GP's two computations in plain torch: eq. 3 for fitting, the posterior for predicting.
 
 The surrogate's fits take hundreds of full-batch Adam steps on a handful of rows, where
 gpytorch's general machinery (lazy operators, prior and loss-term bookkeeping, the
@@ -12,7 +12,9 @@ constant mean and ``σ²`` the likelihood's noise. The kernel distances are gpyt
 functions, and a Cholesky that fails gets the same escalating jitter as gpytorch's
 ``psd_safe_cholesky`` (starting from ``gpytorch.settings.cholesky_jitter``), so the value
 and its gradient agree with ``-ExactMarginalLogLikelihood(likelihood, model)(model(X), y)``
-to rounding (``tests/surrogate/test_mll.py``). A model this does not cover (another
+to rounding (``tests/surrogate/test_exact.py``). :func:`posterior` likewise gives
+gpytorch's exact predictive mean and variance of the latent f, from one Cholesky of the
+training block and the cross-covariances only. A model these do not cover (another
 kernel, priors, added loss terms) is evaluated by gpytorch instead.
 """
 
@@ -26,7 +28,7 @@ import torch
 from gpytorch.kernels.kernel import dist, sq_dist
 from linear_operator.utils.errors import NotPSDError
 
-__all__ = ["neg_mll", "eq3_loss", "supports_direct"]
+__all__ = ["neg_mll", "eq3_loss", "posterior", "supports_direct"]
 
 
 def supports_direct(model: gpytorch.models.ExactGP) -> bool:
@@ -47,17 +49,19 @@ def supports_direct(model: gpytorch.models.ExactGP) -> bool:
     )
 
 
-def _kernel(model: gpytorch.models.ExactGP, z: torch.Tensor) -> torch.Tensor:
-    """``s · k(z, z)`` as a dense `(n, n)` tensor (gpytorch's formulas, including its centring)."""
+def _kernel(model: gpytorch.models.ExactGP, z: torch.Tensor, z2: torch.Tensor | None = None) -> torch.Tensor:
+    """``s · k(z, z2)`` as a dense tensor (gpytorch's formulas, including its centring); ``z2`` default ``z``."""
     base = model.covar_module.base_kernel
+    same = z2 is None
+    z2 = z if z2 is None else z2
     if isinstance(base, gpytorch.kernels.MaternKernel):
         centre = z.mean(dim=-2, keepdim=True)
-        u = (z - centre).div(base.lengthscale)
-        d = dist(u, u, x1_eq_x2=True)
+        u, u2 = (z - centre).div(base.lengthscale), (z2 - centre).div(base.lengthscale)
+        d = dist(u, u2, x1_eq_x2=same)
         k = (math.sqrt(5) * d).add(1).add(5.0 / 3.0 * d**2) * torch.exp(-math.sqrt(5) * d)
     else:
-        u = z.div(base.lengthscale)
-        k = sq_dist(u, u, x1_eq_x2=True).div_(-2).exp_()
+        u, u2 = z.div(base.lengthscale), z2.div(base.lengthscale)
+        k = sq_dist(u, u2, x1_eq_x2=same).div_(-2).exp_()
     return model.covar_module.outputscale * k
 
 
@@ -115,3 +119,36 @@ def _direct(model: gpytorch.models.ExactGP, x: torch.Tensor, y: torch.Tensor) ->
     inv_quad = (r * alpha).sum()
     logdet = 2.0 * low.diagonal(dim1=-2, dim2=-1).log().sum()
     return 0.5 * (inv_quad + logdet + n * math.log(2 * math.pi)) / n
+
+
+def posterior(
+    model: gpytorch.models.ExactGP, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of the latent f at ``rows`` given the training data ``(x, y)`` (eval mode).
+
+    ``mean = m + K_*^T (K + σ² I)^{-1} (y - m)``, ``var = s - diag(K_*^T (K + σ² I)^{-1} K_*)``,
+    computed with one forward of ψ over the training rows and ``rows`` together (as gpytorch
+    does) and one Cholesky; equal to ``model(rows)`` of gpytorch's exact prediction to rounding.
+    A model :func:`supports_direct` does not cover is evaluated by gpytorch.
+
+    Raises:
+        NotPSDError: If ``K + σ² I`` is not positive definite even with jitter.
+    """
+    if not supports_direct(model):
+        model.set_train_data(x, y, strict=False)
+        post = model(rows)
+        return post.mean, post.variance
+    extractor = getattr(model, "extractor", None)
+    both = torch.cat([x, rows])
+    z = extractor(both) if extractor is not None else both
+    n = x.shape[0]
+    k = _kernel(model, z, z[:n])  # (n + m, n): training block, then the cross block
+    k_train = k[:n] + torch.diag_embed(model.likelihood.noise.expand(n))
+    k_cross = k[n:].transpose(-1, -2)
+    low = _cholesky(k_train)
+    mean0 = model.mean_module.constant
+    alpha = torch.cholesky_solve((y - mean0).unsqueeze(-1), low)
+    mean = mean0 + (k_cross * alpha).sum(0)
+    v = torch.linalg.solve_triangular(low, k_cross, upper=False)
+    var = model.covar_module.outputscale - (v * v).sum(0)  # k(r, r) = s for these stationary kernels
+    return mean, var
