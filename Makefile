@@ -36,7 +36,7 @@ test: $(BENCH_STAMP)
 
 # The benchmark suite of BENCHMARKS.md (builds take several minutes each, the zoo's ~20 min on 2 idle cores;
 # runs take hours on 2 cores). `--methods all` includes the Optuna peers (a few seconds per run).
-BENCH_RUN := --size full --methods all --seeds 10 --candidates 128 --initial-steps 200 --refine-steps 20 \
+BENCH_RUN := --size full --methods all --seeds 10 --candidates 128 --initial-steps 200 --refine-steps 20 --lr 1e-3 \
 	--pretrain-steps 200 --transfer
 bench: $(BENCH_STAMP)
 	$(BIN)/fms-lightning bench build --size full --hub cnn diverse --task mirror rotate

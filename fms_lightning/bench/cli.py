@@ -123,9 +123,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     run.add_argument("--seed-start", type=int, default=0)
     run.add_argument("--budget", type=int, default=100, help="epochs per run")
     run.add_argument("--candidates", type=int, default=256, help="new configs scored per suggestion")
-    run.add_argument("--initial-steps", type=int, default=1000)
-    run.add_argument("--refine-steps", type=int, default=50)
-    run.add_argument("--lr", type=float, default=1e-3, help="the surrogate's Adam learning rate")
+    run.add_argument("--initial-steps", type=int, default=200)
+    run.add_argument("--refine-steps", type=int, default=10)
+    run.add_argument("--lr", type=float, default=5e-3, help="the surrogate's Adam learning rate")
     run.add_argument("--initial-warm-steps", type=int, default=None,
                      help="warm-start the initial phase's fits after the first, with this many steps")
     run.add_argument("--pretrain-steps", type=int, default=500, help="Adam steps of the transfer pretraining")

@@ -92,11 +92,11 @@ class RunSettings:
         budget: Epochs of budget per run.
         tau_budgets: Budgets at which Kendall's τ is measured.
         n_candidates: New configs scored per suggestion.
-        initial_steps: Adam steps of the from-scratch fits (paper: 1000).
-        refine_steps: Adam steps of the warm-started refits (paper: 50).
+        initial_steps: Adam steps of the from-scratch fits (the optimizer's default; paper: 1000).
+        refine_steps: Adam steps of the warm-started refits (the optimizer's default; paper: 50).
         initial_warm_steps: ``FMSOptimizer(initial_warm_steps=...)``: None fits each fit of the
             initial phase from scratch.
-        lr: The surrogate's Adam learning rate (``FMSOptimizer(lr=...)``).
+        lr: The surrogate's Adam learning rate (``FMSOptimizer(lr=...)``; paper: 1e-3).
         pretrain_configs: Configs of the other task used to pretrain the surrogate (transfer runs).
         pretrain_steps: Adam steps of that pretraining.
         threads: ``torch.set_num_threads`` during the run.
@@ -110,10 +110,10 @@ class RunSettings:
     budget: int = 100
     tau_budgets: tuple[int, ...] = (50, 100)
     n_candidates: int = 256
-    initial_steps: int = 1000
-    refine_steps: int = 50
+    initial_steps: int = 200
+    refine_steps: int = 10
     initial_warm_steps: int | None = None
-    lr: float = 1e-3
+    lr: float = 5e-3
     pretrain_configs: int = 32
     pretrain_steps: int = 500
     threads: int = 1
