@@ -364,7 +364,9 @@ class _Blobs(Mapping[str, Any]):
 
         if key in self._loaded:
             return self._loaded[key]
-        rows = self._store._query("SELECT blob FROM tuner_blobs WHERE key = ?", (str(key),)) if self._has_table() else []
+        if not self._has_table():
+            raise KeyError(key)
+        rows = self._store._query("SELECT blob FROM tuner_blobs WHERE key = ?", (str(key),))
         if not rows:
             raise KeyError(key)
         try:

@@ -111,7 +111,8 @@ def _target_split(val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.T
 
     x, y = digits_split("target")
     x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=val_fraction, random_state=seed, stratify=y)
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (x_tr, y_tr, x_va, y_va))  # type: ignore[return-value]
+    t = [torch.from_numpy(np.ascontiguousarray(a)) for a in (x_tr, y_tr, x_va, y_va)]
+    return t[0], t[1], t[2], t[3]
 
 
 def _pretrain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> float:
