@@ -164,12 +164,21 @@ def commit_segment(storage: Storage, study: Study, result: SegmentResult, status
                     storage.delete(rel)
 
 
-def tell(opt: FMSOptimizer, study: Study, result: SegmentResult) -> None:
+def tell(opt: FMSOptimizer, study: Study, result: SegmentResult, *, save: bool = False) -> None:
     """Feed the optimizer a committed segment's epochs, and mark its trial failed if it failed.
 
-    Nothing is saved: the segment's rows are committed already, and the optimizer's state
-    is saved with the next suggestion (:func:`start_segment`). A run stopped in between
-    resumes from the rows to the same optimizer (:func:`load_optimizer`).
+    By default nothing is saved: the segment's rows are committed already, and the
+    optimizer's state is saved with the next suggestion (:func:`start_segment`). A run
+    stopped in between resumes from the rows to the same optimizer (:func:`load_optimizer`).
+
+    Args:
+        opt: The optimizer.
+        study: The open study.
+        result: The committed segment.
+        save: Save the optimizer's state afterwards. For a caller that changed the state
+            since the last suggestion in a way the rows cannot give back (for example by
+            installing a surrogate fit made while the segment trained): without the save,
+            a run stopped before the next suggestion would resume without that change.
     """
     tid = result.spec.trial_id
     known = opt.trial(tid).epochs
@@ -179,6 +188,8 @@ def tell(opt: FMSOptimizer, study: Study, result: SegmentResult) -> None:
             opt.observe(tid, r.epoch, r.value, weights=str(study.path / r.snapshot))
     if result.error is not None:
         opt.mark_failed(tid, result.error)
+    if save:
+        save_state(opt, study)
 
 
 def recorded_runs(study: Study, space: SearchSpace, *, monitor: str, mode: str, max_epochs: int,

@@ -73,6 +73,18 @@ def test_the_state_is_saved_once_per_suggestion(tmp_path, monkeypatch) -> None:
     assert len(saves) == len(tuner.segments) > 1
 
 
+def test_tell_saves_the_state_only_when_asked(tmp_path, monkeypatch) -> None:
+    """For a caller that changed the state since the suggestion (a surrogate fit installed meanwhile)."""
+    saves = []
+    save = sync.save_state
+    monkeypatch.setattr(sync, "save_state", lambda opt, study: (saves.append(1), save(opt, study)))
+    tell = sync.tell
+    monkeypatch.setattr(sync, "tell", lambda opt, study, result: tell(opt, study, result, save=True))
+    tuner = _tuner(tmp_path, method="dyhpo", budget=3)
+    tuner.fit()
+    assert len(saves) == 2 * len(tuner.segments)
+
+
 def _stored_state(study_dir) -> tuple[dict, dict[str, bytes]]:
     with sqlite3.connect(study_dir / "study.sqlite") as conn:
         state = torch.load(io.BytesIO(conn.execute("SELECT state FROM tuner_state").fetchone()[0]),
