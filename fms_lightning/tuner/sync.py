@@ -142,11 +142,23 @@ def start_segment(opt: FMSOptimizer, study: Study, s: Suggestion, hub_entry: str
     return SegmentSpec(s.trial_id, dict(s.config), epoch, s.epoch, path)
 
 
-def commit_segment(storage: Storage, study: Study, result: SegmentResult, status: TrialStatus) -> None:
+def commit_segment(storage: Storage, study: Study, result: SegmentResult, status: TrialStatus, *,
+                   opt: FMSOptimizer | None = None) -> None:
     """Record a finished segment and its trial's ``status`` in the study, in one transaction.
 
     Snapshot files written to another storage are first copied into the study folder;
     the trial's older checkpoints are removed afterwards.
+
+    Args:
+        storage: Where the segment's files are.
+        study: The open study.
+        result: The finished segment.
+        status: The trial's status after it.
+        opt: Also save this optimizer's state, in the same transaction. For a caller that
+            changed the state since the last suggestion in a way the rows cannot give back
+            (for example by installing a surrogate fit made while the segment trained):
+            otherwise the state is saved with the next suggestion only, and a run stopped
+            before it would resume without that change.
     """
     tid = result.spec.trial_id
     for rel in [r.snapshot for r in result.records] + ([result.start_snapshot] if result.start_snapshot else []):
@@ -156,6 +168,8 @@ def commit_segment(storage: Storage, study: Study, result: SegmentResult, status
         study.commit_segment(tid, [r.as_row() for r in result.records], start_snapshot=result.start_snapshot,
                              checkpoint=checkpoint)
         study.set_status(tid, status, reason=result.error)
+        if opt is not None:
+            save_state(opt, study)
     if result.checkpoint is not None:  # older checkpoints of the trial are no longer needed
         folder = result.checkpoint.rsplit("/", 1)[0]
         for rel in storage.list(folder):
@@ -164,21 +178,12 @@ def commit_segment(storage: Storage, study: Study, result: SegmentResult, status
                     storage.delete(rel)
 
 
-def tell(opt: FMSOptimizer, study: Study, result: SegmentResult, *, save: bool = False) -> None:
+def tell(opt: FMSOptimizer, study: Study, result: SegmentResult) -> None:
     """Feed the optimizer a committed segment's epochs, and mark its trial failed if it failed.
 
-    By default nothing is saved: the segment's rows are committed already, and the
-    optimizer's state is saved with the next suggestion (:func:`start_segment`). A run
-    stopped in between resumes from the rows to the same optimizer (:func:`load_optimizer`).
-
-    Args:
-        opt: The optimizer.
-        study: The open study.
-        result: The committed segment.
-        save: Save the optimizer's state afterwards. For a caller that changed the state
-            since the last suggestion in a way the rows cannot give back (for example by
-            installing a surrogate fit made while the segment trained): without the save,
-            a run stopped before the next suggestion would resume without that change.
+    Nothing is saved: the segment's rows are committed already, and the optimizer's state
+    is saved with the next suggestion (:func:`start_segment`). A run stopped in between
+    resumes from the rows to the same optimizer (:func:`load_optimizer`).
     """
     tid = result.spec.trial_id
     known = opt.trial(tid).epochs
@@ -188,8 +193,6 @@ def tell(opt: FMSOptimizer, study: Study, result: SegmentResult, *, save: bool =
             opt.observe(tid, r.epoch, r.value, weights=str(study.path / r.snapshot))
     if result.error is not None:
         opt.mark_failed(tid, result.error)
-    if save:
-        save_state(opt, study)
 
 
 def recorded_runs(study: Study, space: SearchSpace, *, monitor: str, mode: str, max_epochs: int,

@@ -46,43 +46,79 @@ SETTINGS = {"dyhpo": {"method": "dyhpo"}, "fms-gmn": {"method": "fms-gmn"},
             "fms-gmn-frozen": {"method": "fms-gmn", "gmn_training": "frozen"}}
 
 
-@pytest.mark.parametrize("stop_after", [1, 3, 4])
-@pytest.mark.parametrize("setting", list(SETTINGS))
+CASES = [(setting, stop_after, 7) for setting in SETTINGS for stop_after in (1, 3, 4)] + [
+    (setting, 12, 14) for setting in ("dyhpo", "fms-gmn")]  # past full_fit_until: the fits are warm-started
+
+
+@pytest.mark.parametrize(("setting", "stop_after", "budget"), CASES)
 def test_a_run_stopped_between_tell_and_the_next_suggestion_resumes_as_if_uninterrupted(
-        tmp_path, monkeypatch, setting, stop_after) -> None:
+        tmp_path, monkeypatch, setting, stop_after, budget) -> None:
     """The state is saved with the suggestion, not by ``tell``: the rows replay what ``tell`` added."""
-    kw, budget = SETTINGS[setting], 7
-    _run(tmp_path, "straight", budget, **kw)
+    kw = SETTINGS[setting]
+    straight = _tuner(tmp_path, budget=budget, study="straight", **kw)
+    straight.fit()
     with monkeypatch.context() as m:
         _stop_after_tell(m, stop_after)
         with pytest.raises(_Stop):
             _run(tmp_path, "stopped", budget, **kw)
     with Study(tmp_path / "stopped", readonly=True) as study:  # stopped before the next suggestion
         assert not study.trials("running") and stop_after <= study.budget_used(source=sync.TUNER) < budget
-    _run(tmp_path, "stopped", budget, **kw)
+    resumed = _tuner(tmp_path, budget=budget, study="stopped", **kw)
+    resumed.fit()
     _check_study(tmp_path / "stopped", budget)
     assert _record(tmp_path / "stopped") == _record(tmp_path / "straight")
+    # The optimizer itself ends the same, bit for bit: its random stream, its surrogate, its snapshots.
+    ends = [t.optimizer.state_dict(trials=False) for t in (resumed, straight)]
+    assert ends[0]["rng"] == ends[1]["rng"] and ends[0]["fitted_at"] == ends[1]["fitted_at"]
+    _assert_same(ends[0]["surrogate"], ends[1]["surrogate"])
+    if ends[1]["featurizer"] is not None:
+        _assert_same(ends[0]["featurizer"].get("keys"), ends[1]["featurizer"].get("keys"))
 
 
-def test_the_state_is_saved_once_per_suggestion(tmp_path, monkeypatch) -> None:
-    saves = []
-    save = Study.save_tuner_state
-    monkeypatch.setattr(Study, "save_tuner_state", lambda self, *a, **k: (saves.append(1), save(self, *a, **k)))
+def _assert_same(a, b) -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys()
+        for k in a:
+            _assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same(x, y)
+    else:
+        assert a == b
+
+
+def test_the_state_is_saved_once_per_suggestion_and_never_by_tell(tmp_path, monkeypatch) -> None:
+    where: list[str] = []
+    saves: list[str] = []
+    save = sync.save_state
+    monkeypatch.setattr(sync, "save_state", lambda opt, study: (saves.append(where[-1] if where else ""),
+                                                                save(opt, study)))
+    for name in ("start_segment", "tell"):
+        def inside(*a, _fn=getattr(sync, name), _name=name, **k):
+            where.append(_name)
+            try:
+                return _fn(*a, **k)
+            finally:
+                where.pop()
+        monkeypatch.setattr(sync, name, inside)
     tuner = _tuner(tmp_path, method="fms-gmn", budget=6)
     tuner.fit()
-    assert len(saves) == len(tuner.segments) > 1
+    assert saves.count("start_segment") == len(tuner.segments) > 1 and "tell" not in saves
 
 
-def test_tell_saves_the_state_only_when_asked(tmp_path, monkeypatch) -> None:
+def test_a_segment_is_committed_with_the_state_only_when_asked(tmp_path, monkeypatch) -> None:
     """For a caller that changed the state since the suggestion (a surrogate fit installed meanwhile)."""
     saves = []
     save = sync.save_state
-    monkeypatch.setattr(sync, "save_state", lambda opt, study: (saves.append(1), save(opt, study)))
-    tell = sync.tell
-    monkeypatch.setattr(sync, "tell", lambda opt, study, result: tell(opt, study, result, save=True))
+    monkeypatch.setattr(sync, "save_state", lambda opt, study: (saves.append(study._tx is not None), save(opt, study)))
+    commit = sync.commit_segment
     tuner = _tuner(tmp_path, method="dyhpo", budget=3)
+    monkeypatch.setattr(sync, "commit_segment", lambda *a, **k: commit(*a, **{**k, "opt": tuner.optimizer}))
     tuner.fit()
-    assert len(saves) == 2 * len(tuner.segments)
+    assert len(saves) == 2 * len(tuner.segments) and all(saves)  # each inside its transaction
 
 
 def _stored_state(study_dir) -> tuple[dict, dict[str, bytes]]:
@@ -161,28 +197,27 @@ def test_a_corrupt_stored_part_is_refused_and_the_state_rebuilt(tmp_path) -> Non
     _check_study(tmp_path / "study", 6)
 
 
-def test_snapshots_committed_after_the_stored_state_are_replayed_in_commit_order(tmp_path, monkeypatch) -> None:
+def test_snapshots_committed_after_the_stored_state_are_replayed_in_commit_order(tmp_path) -> None:
     """With several segments in flight, more than one may be committed after the last save: a resume
     hands their snapshots to the featurizer in the order they were committed, as ``tell`` did."""
-    saved = []
-    save = sync.save_state
+    from fms_lightning.surrogate.weights import content_key
+    from tests import tiny_task
 
-    def keep(opt, study):
-        blobs: dict = {}
-        saved.append((opt.state_dict(trials=False, blobs=blobs), blobs))
-        save(opt, study)
+    tuner = _tuner(tmp_path, method="fms-gmn", budget=4)
+    configs = {"mlp8": {"model": "mlp8", "lr": 0.05, "batch_size": 16},
+               "mlp16": {"model": "mlp16", "lr": 0.01, "batch_size": 32}}
 
-    monkeypatch.setattr(sync, "save_state", keep)
-    tuner = _tuner(tmp_path, method="fms-gmn", budget=9)
-    tuner.fit()
-    early, blobs = saved[2]
+    def weights(entry, seed):
+        torch.manual_seed(seed)
+        return tiny_task.make_mlp(int(entry[3:])).state_dict()
+
     with Study(tmp_path / "study") as study:
-        study.save_tuner_state(early, blobs)
-        committed = [str(study.path / o.snapshot) for o in study.observations(order="commit")]
-        by_trial = [str(study.path / o.snapshot) for o in study.observations()]
-    late = [p for p in committed if p not in early["weight_keys"]]  # committed after the early save
-    assert late != [p for p in by_trial if p in late]  # in another order than the trials': the test can tell
-    again = _tuner(tmp_path, method="fms-gmn", budget=9)
-    again.fit()  # nothing left to train: the optimizer is rebuilt from the early state and the rows
-    assert again.optimizer.featurizer.keys == tuner.optimizer.featurizer.keys  # slot order, as uninterrupted
-    assert again.optimizer.state_dict(trials=False)["weight_keys"] == tuner.optimizer.state_dict(trials=False)["weight_keys"]
+        ids = {entry: study.add_trial(config, entry, source=sync.TUNER) for entry, config in configs.items()}
+        order = [("mlp16", 1), ("mlp8", 1), ("mlp16", 2), ("mlp8", 2)]  # not the trials' order
+        for seed, (entry, epoch) in enumerate(order):
+            rel = study.save_snapshot(ids[entry], epoch, weights(entry, seed))
+            study.commit_segment(ids[entry], [{"epoch": epoch, "value": 0.5, "snapshot": rel}])
+        opt = tuner._new_optimizer()
+        sync._restore_trials(opt, study, study.trials(source=sync.TUNER), random=False, max_epochs=3)
+    expected = [content_key(weights(entry, seed)) for seed, (entry, _) in enumerate(order)]
+    assert [k for k in opt.featurizer.keys if k in expected] == expected
