@@ -55,7 +55,11 @@ CREATE TABLE IF NOT EXISTS observations (
 CREATE TABLE IF NOT EXISTS start_weights (trial_id INTEGER PRIMARY KEY REFERENCES trials(trial_id), snapshot TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (trial_id INTEGER PRIMARY KEY REFERENCES trials(trial_id), epoch INTEGER NOT NULL, path TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tuner_state (id INTEGER PRIMARY KEY CHECK (id = 0), state BLOB NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tuner_blobs (key TEXT PRIMARY KEY, blob BLOB NOT NULL);
 """
+# ``tuner_blobs`` (added without a schema bump: writers create it, readers of older files find none):
+# the parts of the tuner state that never change once written, each stored once under its content
+# key (parameter graphs, their wirings, the frozen weight encoder); the state names them by key.
 
 
 
@@ -80,6 +84,7 @@ class _StudyStore:
         self._mutex = threading.RLock()
         self._tx: sqlite3.Cursor | None = None
         self._old_ids = False  # a file from before schema 3, with its ``opt_trial_id`` column
+        self._blob_keys: set[str] | None = None  # keys in ``tuner_blobs`` (None: not read yet, or unsure)
         db = self.path / "study.sqlite"
         try:
             if self.path.exists() and not self.path.is_dir():
@@ -182,6 +187,7 @@ class _StudyStore:
                 yield cur
             except BaseException:
                 self._tx = None
+                self._blob_keys = None  # blobs written in the transaction are gone again
                 cur.execute("ROLLBACK")
                 raise
             self._tx = None
@@ -260,16 +266,43 @@ class _StudyStore:
         return load_weights_file(self.path / relpath)
 
     # --------------------------------------------------------------- tuner state
-    def save_tuner_state(self, state: Mapping[str, Any]) -> None:
-        """Store the optimizer's ``state_dict`` (tensors and plain values) in one transaction."""
+    def save_tuner_state(self, state: Mapping[str, Any], blobs: Mapping[str, Any] | None = None) -> None:
+        """Store the optimizer's ``state_dict`` (tensors and plain values) in one transaction.
+
+        Args:
+            state: The state; it replaces the stored one.
+            blobs: Parts the state names by content key (``FMSOptimizer.state_dict(blobs=...)``).
+                Each key is written once, the first time it is seen; a key already stored
+                is not serialised again, so passing every key at every save costs nothing.
+        """
         import io
 
         buf = io.BytesIO()
         torch.save(dict(state), buf)
         with self._transaction() as cur:
+            known = self._stored_blob_keys(cur)  # forgotten again if the (outer) transaction rolls back
+            for key, value in (blobs or {}).items():
+                if key in known:
+                    continue
+                blob = io.BytesIO()
+                torch.save(value, blob)
+                cur.execute("INSERT OR IGNORE INTO tuner_blobs(key, blob) VALUES (?, ?)", (str(key), blob.getvalue()))
+                known.add(key)
             cur.execute(
                 "INSERT OR REPLACE INTO tuner_state(id, state, updated) VALUES (0, ?, ?)", (buf.getvalue(), time.time())
             )
+
+    def _stored_blob_keys(self, cur: sqlite3.Cursor) -> set[str]:
+        if self._blob_keys is None:
+            self._blob_keys = {r[0] for r in cur.execute("SELECT key FROM tuner_blobs")}
+        return self._blob_keys
+
+    def tuner_blobs(self) -> Mapping[str, Any]:
+        """The stored parts of the tuner state, by key, each loaded (``weights_only=True``) when first read.
+
+        A missing key raises ``KeyError``; a corrupt blob raises :class:`StudyError`.
+        """
+        return _Blobs(self)
 
     def load_tuner_state(self) -> dict[str, Any] | None:
         """The stored optimizer state, loaded with ``weights_only=True``, or ``None``.
@@ -314,3 +347,44 @@ class _StudyStore:
         """The JSON value stored under ``key``, or ``default``."""
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return json.loads(rows[0][0]) if rows else default
+
+
+class _Blobs(Mapping[str, Any]):
+    """A read view of a study's ``tuner_blobs``, loading each blob once, on first access."""
+
+    def __init__(self, store: _StudyStore) -> None:
+        self._store = store
+        self._loaded: dict[str, Any] = {}
+
+    def _has_table(self) -> bool:
+        return bool(self._store._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tuner_blobs'"))
+
+    def __getitem__(self, key: str) -> Any:
+        import io
+
+        if key in self._loaded:
+            return self._loaded[key]
+        if not self._has_table():
+            raise KeyError(key)
+        rows = self._store._query("SELECT blob FROM tuner_blobs WHERE key = ?", (str(key),))
+        if not rows:
+            raise KeyError(key)
+        try:
+            value = torch.load(io.BytesIO(rows[0][0]), map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any failure means a corrupt (or unsafe) blob
+            detail = (str(err).strip().splitlines() or [""])[0]
+            raise StudyError(
+                f"The part {key!r} of the tuner state stored in {str(self._store.path / 'study.sqlite')!r} cannot "
+                f"be loaded ({type(err).__name__}: {detail}); it is refused. The study's rows are intact: "
+                "FMSTuner.fit() rebuilds the tuner state from them."
+            ) from None
+        self._loaded[key] = value
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        if not self._has_table():
+            return iter(())
+        return iter([r[0] for r in self._store._query("SELECT key FROM tuner_blobs ORDER BY key")])
+
+    def __len__(self) -> int:
+        return int(self._store._query("SELECT COUNT(*) FROM tuner_blobs")[0][0]) if self._has_table() else 0

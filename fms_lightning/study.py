@@ -35,7 +35,7 @@ from fms_lightning._files import (  # noqa: F401 - the file helpers once lived h
 )
 from fms_lightning._study_store import _json_default, _StudyStore
 from fms_lightning._validate import check_mode
-from fms_lightning.errors import StudyError
+from fms_lightning.errors import ConfigurationError, StudyError
 from fms_lightning.trial import TrialStatus
 
 __all__ = [
@@ -234,13 +234,24 @@ class Study(_StudyStore):
         cur.execute("UPDATE trials SET updated = ? WHERE trial_id = ?", (now, int(trial_id)))
         return Observation(int(trial_id), epoch, value, clean, snapshot, float(wall_time), now)
 
-    def observations(self, trial_id: int | None = None) -> list[Observation]:
-        """Observations in (trial, epoch) order, for one trial or all."""
+    def observations(self, trial_id: int | None = None, *, order: str = "trial") -> list[Observation]:
+        """Observations for one trial or all.
+
+        Args:
+            trial_id: Only this trial's (default: every trial's).
+            order: ``"trial"``: in (trial, epoch) order; ``"commit"``: in the order they were
+                recorded (a re-recorded epoch counts from its last recording).
+
+        Raises:
+            ConfigurationError: For another ``order``.
+        """
+        if order not in ("trial", "commit"):
+            raise ConfigurationError(f"order must be 'trial' or 'commit', got {order!r}.")
         sql = "SELECT * FROM observations"
         args: tuple[Any, ...] = ()
         if trial_id is not None:
             sql, args = sql + " WHERE trial_id = ?", (int(trial_id),)
-        rows = self._query(sql + " ORDER BY trial_id, epoch", args)
+        rows = self._query(sql + (" ORDER BY trial_id, epoch" if order == "trial" else " ORDER BY rowid"), args)
         return [
             Observation(int(r["trial_id"]), int(r["epoch"]), float(r["value"]), json.loads(r["metrics"]),
                         r["snapshot"], float(r["wall_time"]), float(r["created"]))

@@ -14,13 +14,15 @@ changes, and nothing is timed unless this script runs). The wall time of
 - ``surrogate_fit``: the surrogate's fits inside ``FMSOptimizer.suggest``;
 - ``acquisition``: the rest of ``suggest`` (candidates, hub starting weights, EI_MF);
 - ``observe``: ``FMSOptimizer.observe`` (reads each snapshot and embeds it);
-- ``study_io``: the study's transactions (``start_segment``, ``commit_segment``, and
-  ``tell``'s optimizer-state save);
+- ``study_io``: the study's transactions (``start_segment``, with the optimizer-state save,
+  ``commit_segment``, and ``tell`` beyond ``observe``);
 - ``fit_setup``: ``fit()`` outside its loop (study open, optimizer load, result and plot);
 - ``loop_other``: the rest of the loop (progress bar, TensorBoard scalars);
 - ``unaccounted``: what is left of the wall time.
 
-The overhead share is everything but ``training`` over the wall time. The surrogate time
+The overhead share is everything but ``training`` over the wall time. The report also
+counts the optimizer-state saves and gives the size of the stored state after the run
+(the last save) and of the parts stored once (``tuner_blobs``). The surrogate time
 per suggestion is reported at 5, 10, 25 and 50 observations (the nearest suggestion
 available). A table goes to stdout and, with ``--json``, the full report to a file.
 
@@ -101,6 +103,7 @@ def measure(tuner: Any) -> dict[str, Any]:
     from fms_lightning.callbacks.weight_snapshot import WeightSnapshot
     from fms_lightning.optimizer import FMSOptimizer, _model
     from fms_lightning.storage import Storage
+    from fms_lightning._study_store import _StudyStore
     from fms_lightning.tuner import _loop, core, segment, sync
 
     t = Timers()
@@ -164,6 +167,7 @@ def measure(tuner: Any) -> dict[str, Any]:
         (Storage, "fetch", lambda fn: w(fn, "seg.checkpoint_fetch")),
         (Storage, "write", storage_write),
         (core, "build_result", lambda fn: w(fn, "fit.build_result")),
+        (_StudyStore, "save_tuner_state", lambda fn: w(fn, "study.state_save")),
     ]
     with _patched(patches):
         t0 = time.perf_counter()
@@ -210,6 +214,8 @@ def measure(tuner: Any) -> dict[str, Any]:
         "study_io_breakdown": io,
         "background_snapshot_writes": t.total("seg.snapshot_writes_background"),
         "study_observations_wall_time": study_training,
+        "state_saves": t.count("study.state_save"),
+        "stored_state": _stored_state_bytes(tuner.study_dir),
         "suggestions": per_suggestion,
         "surrogate_at": surrogate_at(per_suggestion),
         "median_suggest": _medians(per_suggestion, getattr(getattr(tuner.optimizer, "surrogate_config", None),
@@ -231,6 +237,19 @@ def _study_wall_time(study_dir: Any) -> float | None:
     with Study(study_dir) as study:
         ids = {tr.trial_id for tr in study.trials(source=TUNER)}
         return float(sum(o.wall_time or 0.0 for o in study.observations() if o.trial_id in ids))
+
+
+def _stored_state_bytes(study_dir: Any) -> dict[str, int]:
+    """Bytes of the stored optimizer state (the last save) and of the parts stored once, and their count."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{Path(study_dir) / 'study.sqlite'}?mode=ro", uri=True)) as conn:
+        state = conn.execute("SELECT COALESCE(SUM(LENGTH(state)), 0) FROM tuner_state").fetchone()[0]
+        try:
+            n, parts = conn.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(blob)), 0) FROM tuner_blobs").fetchone()
+        except sqlite3.OperationalError:  # a library version without the table
+            n, parts = 0, 0
+    return {"state": int(state), "parts_stored_once": int(parts), "n_parts": int(n)}
 
 
 def surrogate_at(per_suggestion: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -271,6 +290,9 @@ def format_table(report: dict[str, Any], title: str = "") -> str:
     lines.append(f"overhead share: {report['overhead_share']:.1%} ({report['overhead_seconds']:.2f} s of {wall:.2f} s)")
     lines.append(f"segments: {report['n_segments']} ({report['resumed_segments']} resumed), budget used "
                  f"{report['budget_used']}, snapshot writes in the background thread {report['background_snapshot_writes']:.2f} s")
+    stored = report["stored_state"]
+    lines.append(f"optimizer state: {report['state_saves']} saves, {stored['state'] / 1e6:.2f} MB stored after the "
+                 f"run, plus {stored['parts_stored_once'] / 1e6:.2f} MB of parts stored once ({stored['n_parts']})")
     med = report["median_suggest"]
     fmt = lambda v: "n/a" if v is None else f"{v:.3f} s"  # noqa: E731
     lines.append(f"median suggest: initial phase {fmt(med['initial_phase'])}, afterwards {fmt(med['afterwards'])}")

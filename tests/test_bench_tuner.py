@@ -44,5 +44,7 @@ def test_bench_tuner_parts_sum_to_at_most_the_wall_time(tmp_path, capsys):
     assert report["budget_used"] == 3 and report["n_segments"] == 3
     assert parts["training"] > 0 and abs(parts["training"] - report["study_observations_wall_time"]) < 1e-6
     assert len(report["suggestions"]) == 3 and report["surrogate_at"]
+    assert report["state_saves"] == 3  # once per suggestion
+    assert report["stored_state"]["state"] > 0 and report["stored_state"]["n_parts"] > 0
     assert json.loads(out.read_text())["wall_seconds"] == wall
     assert "overhead share" in capsys.readouterr().out

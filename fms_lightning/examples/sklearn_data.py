@@ -8,6 +8,7 @@ validation split leaks into training.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,9 +35,20 @@ class _Arrays:
 def load_arrays(name: str) -> _Arrays:
     """Features and integer labels of a bundled scikit-learn dataset.
 
+    The file is read once per process; each call returns new arrays.
+
     Raises:
         ConfigurationError: For an unknown dataset name (the message lists the valid ones).
     """
+    if name not in DATASETS:
+        raise ConfigurationError(f"Unknown dataset {name!r}; expected one of {DATASETS}.")
+    x, y = _read(name)
+    return _Arrays(x.copy(), y.copy(), int(y.max()) + 1)
+
+
+@functools.lru_cache(maxsize=len(DATASETS))
+def _read(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A dataset's features and labels as scikit-learn reads them (a text file, parsed), read-only."""
     from sklearn import datasets
 
     loaders = {
@@ -44,11 +56,11 @@ def load_arrays(name: str) -> _Arrays:
         "wine": datasets.load_wine,
         "breast_cancer": datasets.load_breast_cancer,
     }
-    if name not in loaders:
-        raise ConfigurationError(f"Unknown dataset {name!r}; expected one of {DATASETS}.")
     bunch = loaders[name]()
-    y = np.asarray(bunch.target, dtype=np.int64)
-    return _Arrays(np.asarray(bunch.data, dtype=np.float32), y, int(y.max()) + 1)
+    x, y = np.asarray(bunch.data, dtype=np.float32), np.asarray(bunch.target, dtype=np.int64)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
 
 
 class SklearnDataModule(pl.LightningDataModule):

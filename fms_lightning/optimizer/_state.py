@@ -54,6 +54,24 @@ class _TrialsAndState:
                 self._weight_keys[str(weights)] = key
         return key
 
+    def add_snapshots(self, snapshots: Iterable[tuple[Mapping[str, Any], Weights]]) -> None:
+        """Hand the weight featurizer snapshots ``(config, weights)`` in this order, ahead of :meth:`restore_trial`.
+
+        The featurizer numbers and embeds snapshots in the order it is given them. A caller
+        that resumes from a state saved before some observations were made hands their
+        snapshots here in the order they were observed, so that the featurizer holds them
+        exactly as an uninterrupted run would; :meth:`restore_trial` then finds them known.
+        Snapshots it knows already are skipped (a file known by its path is not read again).
+        Nothing happens for the methods that do not read weights.
+
+        Args:
+            snapshots: Each a trial's config and a snapshot (a state_dict or a file path).
+        """
+        if self.featurizer is None:
+            return
+        for config, weights in snapshots:
+            self._weight_key(dict(config), weights)
+
     @property
     def n_observations(self) -> int:
         return self._trials.n_observations
@@ -135,12 +153,17 @@ class _TrialsAndState:
                              failed_at=failed_at)
 
     # -- state and transfer ----------------------------------------------------------
-    def state_dict(self, *, trials: bool = True) -> dict[str, Any]:
+    def state_dict(self, *, trials: bool = True, blobs: dict[str, Any] | None = None) -> dict[str, Any]:
         """Everything needed to continue: after a round trip the next suggestion is identical.
 
         Args:
             trials: Include the trials. A caller that keeps them elsewhere (the tuner's
                 study) passes False and hands them back with :meth:`restore_trial`.
+            blobs: If given, the weight featurizer's parts that never change once made (the
+                parameter graphs of snapshots held in memory, their wirings, the frozen
+                encoder) go into this dict under content keys, and the state names the keys:
+                a caller that stores each key once (the tuner's study) saves a small state
+                that does not grow with the graphs. Pass the same parts to :meth:`load_state_dict`.
         """
         state = {
             "version": 2,
@@ -152,17 +175,24 @@ class _TrialsAndState:
             "start_keys": dict(self._start_keys),
             "weight_keys": dict(self._weight_keys),
             "surrogate": self.surrogate.state_dict(),
-            "featurizer": None if self.featurizer is None else self.featurizer.state_dict(),
+            "featurizer": None if self.featurizer is None else (
+                self.featurizer.state_dict() if blobs is None else self.featurizer.state_dict(blobs=blobs)),
         }
         if trials:
             state["trials"] = self._trials.state_dict()
         return state
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any], *, blobs: Mapping[str, Any] | None = None) -> None:
         """Restore :meth:`state_dict` output (trials too, when it holds them).
 
+        Args:
+            state: The state.
+            blobs: The parts a ``state_dict(blobs=...)`` named by key (a mapping that may load
+                them on access, such as :meth:`Study.tuner_blobs <fms_lightning.study.Study.tuner_blobs>`).
+
         Raises:
-            ConfigurationError: If the state was written by a different method.
+            ConfigurationError: If the state was written by a different method, or names
+                a part that ``blobs`` lacks.
         """
         transfer.check_state(self, state)
         if "trials" in state:
@@ -174,7 +204,7 @@ class _TrialsAndState:
         self._start_keys = dict(state.get("start_keys", {}))
         self._weight_keys = dict(state.get("weight_keys", {}))
         if self.featurizer is not None and state.get("featurizer") is not None:  # before ψ, which reads its bank
-            self.featurizer.load_state_dict(state["featurizer"])
+            self.featurizer.load_state_dict(state["featurizer"], blobs=blobs)
         self.surrogate.load_state_dict(state.get("surrogate", {}))
 
     @surrogate_threads

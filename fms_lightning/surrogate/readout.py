@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fms_lightning.errors import ConfigurationError, IncompatibleWeightsError
-from fms_lightning.surrogate.weights import GraphFn, content_key, load_weights
+from fms_lightning.surrogate.weights import GraphFn, content_key, load_weights, resolve_blob
 
 __all__ = ["GMNTraining", "GraphReadout", "SnapshotFeaturizer", "segment_mean"]
 
@@ -243,9 +243,17 @@ class SnapshotFeaturizer:
         return self.mode is GMNTraining.FULL and self.trunk_enabled and n_graphs <= self.max_trunk_graphs
 
     # -- state -----------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, *, blobs: dict[str, Any] | None = None) -> dict[str, Any]:
         """Plain tensors and values: slots, the encoder, and per snapshot its file path (when it
-        was observed as a file) or its graph (wirings stored once)."""
+        was observed as a file) or its graph (wirings stored once).
+
+        Args:
+            blobs: If given, the parts that never change once made (each graph, each wiring,
+                the encoder's parameters) are put into it under content keys (``graph/<snapshot
+                key>``, ``wiring/<signature>``, ``encoder/<hash>``), and the state names them
+                instead of holding them: a caller that stores each key once saves a state that
+                does not grow with the graphs. :meth:`load_state_dict` takes the same mapping back.
+        """
         self.flush()
         wirings: dict[str, Tensor] = {}
         graphs: list[dict[str, Any]] = []
@@ -258,18 +266,35 @@ class SnapshotFeaturizer:
             entry = {"x": g.x, "edge_attr": g.edge_attr, "num_nodes": int(g.num_nodes), "signature": sig}
             if sig is None:
                 entry["edge_index"] = g.edge_index
-            else:
+            elif blobs is None:
                 wirings.setdefault(sig, g.edge_index)
+            else:
+                blobs.setdefault(f"wiring/{sig}", g.edge_index)
+            if blobs is not None:
+                blobs.setdefault(f"graph/{self.keys[slot]}", entry)
+                entry = {"blob": f"graph/{self.keys[slot]}"}
             graphs.append(entry)
+        encoder: Any = self.encoder.state_dict()
+        if blobs is not None:
+            blobs.setdefault(f"encoder/{self._frozen_tag}", encoder)
+            encoder = {"blob": f"encoder/{self._frozen_tag}"}
         return {"mode": self.mode.value, "keys": list(self.keys), "graphs": graphs, "wirings": wirings,
-                "encoder": self.encoder.state_dict()}
+                "encoder": encoder}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` output (node states are recomputed on demand, identically)."""
+    def load_state_dict(self, state: Mapping[str, Any], *, blobs: Mapping[str, Any] | None = None) -> None:
+        """Restore :meth:`state_dict` output (node states are recomputed on demand, identically).
+
+        Args:
+            state: The state.
+            blobs: The parts the state names by key (``state_dict(blobs=...)``).
+
+        Raises:
+            ConfigurationError: If the state names a part that ``blobs`` lacks.
+        """
         from torch_geometric.data import Data
 
         if state.get("encoder") is not None:
-            self.load_encoder(state["encoder"])
+            self.load_encoder(resolve_blob(state["encoder"], blobs))
         self.keys = list(state.get("keys", []))
         self.cache = {k: torch.tensor([float(s)], dtype=torch.float64) for s, k in enumerate(self.keys)}
         wirings = state.get("wirings", {})
@@ -282,10 +307,15 @@ class SnapshotFeaturizer:
                 self._pending[slot] = (dict(e["config"]), str(e["path"]))
                 self.graphs.append(None)
                 continue
-            ei = e["edge_index"] if e.get("signature") is None else wirings[e["signature"]]
+            e = resolve_blob(e, blobs)
+            sig = e.get("signature")
+            if sig is None:
+                ei = e["edge_index"]
+            else:
+                ei = wirings[sig] if sig in wirings else resolve_blob({"blob": f"wiring/{sig}"}, blobs)
             g = Data(x=e["x"], edge_index=ei, edge_attr=e["edge_attr"], num_nodes=int(e["num_nodes"]))
-            if e.get("signature") is not None:
-                g.signature = e["signature"]
+            if sig is not None:
+                g.signature = sig
             self.graphs.append(g)
         self._states.clear()
 

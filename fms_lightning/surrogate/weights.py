@@ -23,7 +23,7 @@ from torch import nn
 
 from fms_lightning.errors import ConfigurationError, IncompatibleWeightsError
 
-__all__ = ["WeightFeaturizer", "load_weights", "content_key", "model_graph_fn"]
+__all__ = ["WeightFeaturizer", "load_weights", "content_key", "model_graph_fn", "resolve_blob"]
 
 GraphFn = Callable[[Mapping[str, Any], Mapping[str, torch.Tensor]], Any]
 
@@ -44,6 +44,19 @@ def content_key(state_dict: Mapping[str, torch.Tensor]) -> str:
     from fms_lightning.weightspace import state_dict_hash
 
     return state_dict_hash(state_dict)
+
+
+def resolve_blob(value: Any, blobs: Mapping[str, Any] | None) -> Any:
+    """``value``, or the part it names (``{"blob": key}``, see ``state_dict(blobs=...)``)."""
+    if not (isinstance(value, Mapping) and set(value) == {"blob"}):
+        return value
+    key = value["blob"]
+    if blobs is None or key not in blobs:
+        raise ConfigurationError(
+            f"The weight featurizer's state names the stored part {key!r}, which was not "
+            + ("passed (load_state_dict(state, blobs=...))." if blobs is None else "found among the stored parts.")
+        )
+    return blobs[key]
 
 
 def model_graph_fn(model_factory: Callable[[Mapping[str, Any]], nn.Module], **graph_kwargs: Any) -> GraphFn:
@@ -147,13 +160,31 @@ class WeightFeaturizer:
             self.flush()
         return self.cache[key]
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, *, blobs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The cached embeddings and the encoder's parameters.
+
+        Args:
+            blobs: If given, the encoder's parameters (fixed while a study runs) are put into it
+                under ``encoder/<hash>`` and the state names that key (see
+                :meth:`SnapshotFeaturizer.state_dict <fms_lightning.surrogate.readout.SnapshotFeaturizer.state_dict>`).
+        """
         self.flush()
-        enc = None if self.encoder is None else self.encoder.state_dict()
+        enc: Any = None if self.encoder is None else self.encoder.state_dict()
+        if enc is not None and blobs is not None:
+            from fms_lightning.weightspace import state_dict_hash
+
+            key = f"encoder/{state_dict_hash(enc)}"
+            blobs.setdefault(key, enc)
+            enc = {"blob": key}
         return {"cache": dict(self.cache), "encoder": enc}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any], *, blobs: Mapping[str, Any] | None = None) -> None:
+        """Restore :meth:`state_dict` output.
+
+        Raises:
+            ConfigurationError: If the state names an encoder that ``blobs`` lacks.
+        """
         self.cache = dict(state.get("cache", {}))
         if state.get("encoder") is not None and self.encoder is not None:
-            self.encoder.load_state_dict(state["encoder"])
+            self.encoder.load_state_dict(resolve_blob(state["encoder"], blobs))
         self._pending.clear()

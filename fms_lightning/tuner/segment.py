@@ -52,6 +52,45 @@ DataModuleLike = pl.LightningDataModule | Callable[[dict[str, Any]], pl.Lightnin
 #: Errors that end a study instead of failing one trial: every trial would hit them.
 FATAL_ERRORS = (BuildError, MissingMetricError)
 
+#: Checkpoints this process wrote into a local storage folder, by path: the file's
+#: ``(size, mtime_ns, inode)`` right after it was written. A segment that resumes from such a
+#: file, unchanged since, skips the CRC check (torch.load checks none: the check is what finds
+#: a damaged file, and a file this process just wrote and nobody touched since is whole).
+_WRITTEN: dict[str, tuple[int, int, int]] = {}
+_WRITTEN_MAX = 1024
+#: Temporary folders already cleaned of killed runs' leftovers by this process.
+_CLEANED: set[str] = set()
+
+
+def _file_id(path: str | os.PathLike[str]) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _remember_written(path: str | os.PathLike[str]) -> None:
+    ident = _file_id(path)
+    if ident is not None:
+        _WRITTEN[str(path)] = ident
+        while len(_WRITTEN) > _WRITTEN_MAX:
+            del _WRITTEN[next(iter(_WRITTEN))]
+
+
+def _written_unchanged(path: str | os.PathLike[str]) -> bool:
+    """Whether this process wrote the file at ``path`` and it is unchanged since (forgets it)."""
+    ident = _WRITTEN.pop(str(path), None)
+    return ident is not None and ident == _file_id(path)
+
+
+def _clean_scratch_once() -> None:
+    """:func:`clean_stale_scratch` of the temporary folder, once per process (the tuner cleans at each start)."""
+    folder = tempfile.gettempdir()
+    if folder not in _CLEANED:
+        clean_stale_scratch()
+        _CLEANED.add(folder)
+
 
 @dataclass(frozen=True)
 class SegmentSpec:
@@ -209,8 +248,11 @@ class SegmentRunner:
         started, t0 = time.time(), time.perf_counter()
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        clean_stale_scratch()  # folders that killed runs left behind on this machine
-        with tempfile.TemporaryDirectory(prefix=scratch_prefix("fms-segment")) as scratch:
+        _clean_scratch_once()  # folders that killed runs left behind on this machine
+        # A scratch folder only for a checkpoint fetched from a remote storage.
+        scratch_dir = tempfile.TemporaryDirectory(prefix=scratch_prefix("fms-segment")) if self.storage.is_url \
+            else contextlib.nullcontext(None)
+        with scratch_dir as scratch:
             ckpt = None
             if spec.checkpoint:
                 name = self.storage.uri(spec.checkpoint)
@@ -219,7 +261,7 @@ class SegmentRunner:
                 except OSError as err:
                     bad = f"StudyError: the trial's committed checkpoint {name!r} cannot be read ({err})"
                 else:
-                    bad = check_checkpoint_file(ckpt, name)
+                    bad = None if _written_unchanged(ckpt) else check_checkpoint_file(ckpt, name)
                 if bad is not None:
                     return SegmentResult(spec, (), None, None, bad, f"{socket.gethostname()}:{os.getpid()}", started,
                                          time.perf_counter() - t0)
@@ -256,6 +298,9 @@ class SegmentRunner:
             if error is None:
                 checkpoint = self.storage.write(checkpoint_relpath(spec.trial_id, spec.target),
                                                 lambda tmp: trainer.save_checkpoint(tmp, weights_only=False))
+                local = self.storage.local_path(checkpoint)
+                if local is not None:
+                    _remember_written(local)
         return SegmentResult(spec, tuple(sink.records), sink.start_snapshot, checkpoint, error,
                              f"{socket.gethostname()}:{os.getpid()}", started, time.perf_counter() - t0, trace)
 

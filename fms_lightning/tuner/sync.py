@@ -8,6 +8,12 @@ handed every trial of the tuner again from the rows (:func:`load_optimizer`).
 Writes that belong together are one transaction: a suggestion's row and the optimizer
 state after it (:func:`start_segment`); a segment's rows, its checkpoint and the trial's
 new status (:func:`commit_segment`).
+
+The state is saved once per step, with the suggestion: what :func:`tell` adds to the
+optimizer (the segment's values and snapshots) is in the rows already, and a resume
+replays it from them in the order it was committed. The parts of the state that never
+change once made (parameter graphs, their wirings, the frozen encoder) are stored once
+each, by content key, in the study's ``tuner_blobs``; the per-step state names them.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from fms_lightning.study import Study, TrialRecord
 from fms_lightning.trial import Suggestion, TrialStatus
 from fms_lightning.tuner.segment import SegmentResult, SegmentSpec
 
-__all__ = ["TUNER", "commit_segment", "load_optimizer", "learn_recorded_runs", "recorded_runs", "start_segment", "tell"]
+__all__ = ["TUNER", "commit_segment", "load_optimizer", "learn_recorded_runs", "recorded_runs", "save_state",
+           "start_segment", "tell"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +54,7 @@ def load_optimizer(make: Callable[[], FMSOptimizer], study: Study, *, pretrain: 
     try:
         state = study.load_tuner_state()
         if state is not None:
-            opt.load_state_dict(_without_trials(state, study, trials))
+            opt.load_state_dict(_without_trials(state, study, trials), blobs=study.tuner_blobs())
             _restore_trials(opt, study, trials, random=random, max_epochs=max_epochs)
             return opt
         if not trials:  # a new study: the caller pretrains on the recorded runs
@@ -64,8 +71,14 @@ def load_optimizer(make: Callable[[], FMSOptimizer], study: Study, *, pretrain: 
     pretrain(opt)
     study.set_meta("recorded_runs_seen", [t.trial_id for t in study.trials() if t.source != TUNER])
     _restore_trials(opt, study, trials, random=random, max_epochs=max_epochs)
-    study.save_tuner_state(opt.state_dict(trials=False))
+    save_state(opt, study)
     return opt
+
+
+def save_state(opt: FMSOptimizer, study: Study) -> None:
+    """Save the optimizer's state (without its trials) in the study; each new unchanging part once."""
+    blobs: dict[str, Any] = {}
+    study.save_tuner_state(opt.state_dict(trials=False, blobs=blobs), blobs)
 
 
 def _without_trials(state: Mapping[str, Any], study: Study, trials: list[TrialRecord]) -> dict[str, Any]:
@@ -94,7 +107,14 @@ def _restore_trials(opt: FMSOptimizer, study: Study, trials: list[TrialRecord], 
     segment was not committed) is pending again, to the epoch it was asked to reach:
     one past its committed checkpoint, or ``max_epochs`` for random search. A failed
     one failed at its next epoch, unless its epochs reached that target.
+
+    Snapshots the stored state does not know yet (those committed after it was saved)
+    are handed to the weight featurizer first, in the order they were committed, which
+    is the order :func:`tell` gave them to the optimizer in an uninterrupted run.
     """
+    configs = {t.trial_id: t.config for t in trials}
+    opt.add_snapshots((configs[o.trial_id], str(study.path / o.snapshot))
+                      for o in study.observations(order="commit") if o.trial_id in configs and o.snapshot)
     for t in trials:
         obs = study.observations(t.trial_id)
         checkpoint = study.checkpoint(t.trial_id)
@@ -117,16 +137,28 @@ def start_segment(opt: FMSOptimizer, study: Study, s: Suggestion, hub_entry: str
     with study.atomic():
         study.add_trial(s.config, hub_entry, source=TUNER, status=TrialStatus.RUNNING, trial_id=s.trial_id)
         study.set_status(s.trial_id, TrialStatus.RUNNING)
-        study.save_tuner_state(opt.state_dict(trials=False))
+        save_state(opt, study)
     epoch, path = study.checkpoint(s.trial_id) or (0, None)
     return SegmentSpec(s.trial_id, dict(s.config), epoch, s.epoch, path)
 
 
-def commit_segment(storage: Storage, study: Study, result: SegmentResult, status: TrialStatus) -> None:
+def commit_segment(storage: Storage, study: Study, result: SegmentResult, status: TrialStatus, *,
+                   opt: FMSOptimizer | None = None) -> None:
     """Record a finished segment and its trial's ``status`` in the study, in one transaction.
 
     Snapshot files written to another storage are first copied into the study folder;
     the trial's older checkpoints are removed afterwards.
+
+    Args:
+        storage: Where the segment's files are.
+        study: The open study.
+        result: The finished segment.
+        status: The trial's status after it.
+        opt: Also save this optimizer's state, in the same transaction. For a caller that
+            changed the state since the last suggestion in a way the rows cannot give back
+            (for example by installing a surrogate fit made while the segment trained):
+            otherwise the state is saved with the next suggestion only, and a run stopped
+            before it would resume without that change.
     """
     tid = result.spec.trial_id
     for rel in [r.snapshot for r in result.records] + ([result.start_snapshot] if result.start_snapshot else []):
@@ -136,6 +168,8 @@ def commit_segment(storage: Storage, study: Study, result: SegmentResult, status
         study.commit_segment(tid, [r.as_row() for r in result.records], start_snapshot=result.start_snapshot,
                              checkpoint=checkpoint)
         study.set_status(tid, status, reason=result.error)
+        if opt is not None:
+            save_state(opt, study)
     if result.checkpoint is not None:  # older checkpoints of the trial are no longer needed
         folder = result.checkpoint.rsplit("/", 1)[0]
         for rel in storage.list(folder):
@@ -147,7 +181,9 @@ def commit_segment(storage: Storage, study: Study, result: SegmentResult, status
 def tell(opt: FMSOptimizer, study: Study, result: SegmentResult) -> None:
     """Feed the optimizer a committed segment's epochs, and mark its trial failed if it failed.
 
-    The optimizer's state is saved when anything changed.
+    Nothing is saved: the segment's rows are committed already, and the optimizer's state
+    is saved with the next suggestion (:func:`start_segment`). A run stopped in between
+    resumes from the rows to the same optimizer (:func:`load_optimizer`).
     """
     tid = result.spec.trial_id
     known = opt.trial(tid).epochs
@@ -157,8 +193,6 @@ def tell(opt: FMSOptimizer, study: Study, result: SegmentResult) -> None:
             opt.observe(tid, r.epoch, r.value, weights=str(study.path / r.snapshot))
     if result.error is not None:
         opt.mark_failed(tid, result.error)
-    if new or result.error is not None:
-        study.save_tuner_state(opt.state_dict(trials=False))
 
 
 def recorded_runs(study: Study, space: SearchSpace, *, monitor: str, mode: str, max_epochs: int,
@@ -228,5 +262,5 @@ def learn_recorded_runs(opt: FMSOptimizer, study: Study, pretrain: Callable[[FMS
                         "surrogate again on every recorded run.", new)
         pretrain(opt)
         study.set_meta("recorded_runs_seen", recorded)
-        study.save_tuner_state(opt.state_dict(trials=False))
+        save_state(opt, study)
     return opt.pending()  # trials handed out that never finished: train them first

@@ -74,3 +74,45 @@ def test_demo_task_resumed_1_1_1_equals_3_straight(tmp_path, hub_cache) -> None:
     assert finals[0].keys() == finals[1].keys()
     for k in finals[0]:
         torch.testing.assert_close(finals[0][k], finals[1][k], rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_the_target_data_is_read_once_and_each_datamodule_holds_its_own(monkeypatch) -> None:
+    """The tuner builds a DataModule per segment: the file is parsed once, and nothing is shared
+    between two of them (their tensors, nor a loader's shuffle, which draws on torch's global RNG)."""
+    import sklearn.datasets
+
+    from fms_lightning.examples import digits_hub as dh
+
+    reads = []
+    load = sklearn.datasets.load_digits
+    monkeypatch.setattr(sklearn.datasets, "load_digits", lambda *a, **k: (reads.append(1), load(*a, **k))[1])
+    dh._digits.cache_clear()
+    dh._target_split.cache_clear()
+    try:
+        first, second = dh.target_datamodule({"batch_size": 16}), dh.target_datamodule({"batch_size": 16})
+        assert len(reads) == 1
+        x1, y1 = first.train_set.tensors
+        x2, y2 = second.train_set.tensors
+        assert torch.equal(x1, x2) and torch.equal(y1, y2) and x1.data_ptr() != x2.data_ptr()
+        x1.zero_()  # a trial that changed its data in place changes no other trial's
+        assert not torch.equal(x1, x2) and torch.equal(dh.target_datamodule({}).train_set.tensors[0], x2)
+        orders = []
+        for dm in (first, second):
+            torch.manual_seed(3)
+            orders.append([b[1].tolist() for b in dm.train_dataloader()])
+        assert orders[0] == orders[1]  # the shuffle is drawn from the seed, not from an earlier loader
+    finally:
+        dh._digits.cache_clear()
+        dh._target_split.cache_clear()
+    x, y = digits_split("target")  # the cached reading is the uncached one
+    x[:] = 0.0  # new writable arrays every call
+    assert digits_split("target")[0].any()
+
+
+def test_sklearn_arrays_are_read_once_and_handed_out_as_copies() -> None:
+    from fms_lightning.examples.sklearn_data import load_arrays
+
+    a = load_arrays("wine")
+    a.x[:] = 0.0
+    b = load_arrays("wine")
+    assert b.x.any() and b.x.flags.writeable and b.num_classes == 3

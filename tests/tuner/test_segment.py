@@ -65,3 +65,23 @@ def test_a_nadamw_list_module_gets_the_trial_as_its_schedule_horizon(tmp_path) -
     runner, _ = _runner(tmp_path, build=lambda config, entry: ListModule(entry), max_epochs=5)
     module = runner.make_module({"model": "mlp8", "lr": 0.05, "batch_size": 16}, load_weights=False)
     assert module.total_epochs == 5 and module.total_steps is None
+
+
+def test_a_checkpoint_is_crc_checked_unless_this_process_wrote_it_and_it_is_unchanged(tmp_path, monkeypatch) -> None:
+    from fms_lightning.tuner import segment
+
+    checked = []
+    check = segment.check_checkpoint_file
+    monkeypatch.setattr(segment, "check_checkpoint_file", lambda path, name: (checked.append(path), check(path, name))[1])
+    runner, _ = _runner(tmp_path, max_epochs=4)
+    config = {"model": "mlp8", "lr": 0.05, "batch_size": 16}
+    first = runner.run(SegmentSpec(1, config, 0, 1))
+    second = runner.run(SegmentSpec(1, config, 1, 2, first.checkpoint))
+    assert second.error is None and checked == []  # written here a moment ago, untouched since
+    segment._WRITTEN.clear()  # as in another process (a Ray worker, the next fit)
+    third = runner.run(SegmentSpec(1, config, 2, 3, second.checkpoint))
+    assert third.error is None and len(checked) == 1
+    path = runner.storage.local_path(third.checkpoint)
+    path.write_bytes(path.read_bytes()[:-100])  # changed since it was written: checked, and refused
+    again = runner.run(SegmentSpec(1, config, 3, 4, third.checkpoint))
+    assert len(checked) == 2 and again.error is not None and "truncated" in again.error
