@@ -16,6 +16,10 @@ changes, and nothing is timed unless this script runs). The wall time of
 - ``observe``: ``FMSOptimizer.observe`` (reads each snapshot and embeds it);
 - ``study_io``: the study's transactions (``start_segment``, ``commit_segment``, and
   ``tell``'s optimizer-state save);
+- ``fit_ahead_wait``: with ``fit_while_training``, the wait after a segment for the surrogate
+  fit running in a forked process alongside it, and installing that fit (the fit's own time,
+  in the other process, is reported as ``fit_ahead``: what of it exceeds this wait was
+  hidden behind the segment);
 - ``fit_setup``: ``fit()`` outside its loop (study open, optimizer load, result and plot);
 - ``loop_other``: the rest of the loop (progress bar, TensorBoard scalars);
 - ``unaccounted``: what is left of the wall time.
@@ -43,8 +47,8 @@ from pathlib import Path
 from typing import Any
 
 #: The parts of the wall time, disjoint, in table order (``unaccounted`` is the remainder).
-PARTS = ("training", "segment_setup", "surrogate_fit", "acquisition", "observe", "study_io", "fit_setup",
-         "loop_other")
+PARTS = ("training", "segment_setup", "surrogate_fit", "acquisition", "observe", "study_io", "fit_ahead_wait",
+         "fit_setup", "loop_other")
 #: Observation counts at which the surrogate time per suggestion is reported.
 AT_OBSERVATIONS = (5, 10, 25, 50)
 
@@ -176,6 +180,9 @@ def measure(tuner: Any) -> dict[str, Any]:
     observe_total = t.total("observe")
     study_io = t.total("study.start_segment") + t.total("study.commit_segment") + (t.total("tell") - observe_total)
     loop_total = t.total("loop")
+    ahead = list(getattr(tuner, "fit_ahead_seconds", []))
+    ahead_fit = float(sum(f for f, _ in ahead if f is not None))
+    ahead_wait = float(sum(w for _, w in ahead))
     parts = {
         "training": training,
         "segment_setup": segment_total - training,
@@ -183,9 +190,10 @@ def measure(tuner: Any) -> dict[str, Any]:
         "acquisition": suggest_total - fit_total,
         "observe": observe_total,
         "study_io": study_io,
+        "fit_ahead_wait": ahead_wait,
         "fit_setup": wall - loop_total,
         "loop_other": loop_total - segment_total - suggest_total - t.total("study.start_segment")
-        - t.total("study.commit_segment") - t.total("tell"),
+        - t.total("study.commit_segment") - t.total("tell") - ahead_wait,
     }
     parts = {k: max(0.0, v) for k, v in parts.items()}  # rounding only: each is a difference of nested timings
     unaccounted = max(0.0, wall - sum(parts.values()))
@@ -209,6 +217,8 @@ def measure(tuner: Any) -> dict[str, Any]:
         "segment_setup_breakdown": setup,
         "study_io_breakdown": io,
         "background_snapshot_writes": t.total("seg.snapshot_writes_background"),
+        "fit_ahead": {"segments": len(ahead), "failed": sum(f is None for f, _ in ahead), "fit_seconds": ahead_fit,
+                      "wait_seconds": ahead_wait, "hidden_seconds": max(0.0, ahead_fit - ahead_wait)},
         "study_observations_wall_time": study_training,
         "suggestions": per_suggestion,
         "surrogate_at": surrogate_at(per_suggestion),
@@ -271,6 +281,11 @@ def format_table(report: dict[str, Any], title: str = "") -> str:
     lines.append(f"overhead share: {report['overhead_share']:.1%} ({report['overhead_seconds']:.2f} s of {wall:.2f} s)")
     lines.append(f"segments: {report['n_segments']} ({report['resumed_segments']} resumed), budget used "
                  f"{report['budget_used']}, snapshot writes in the background thread {report['background_snapshot_writes']:.2f} s")
+    ahead = report.get("fit_ahead") or {}
+    if ahead.get("segments"):
+        lines.append(f"fit while training: {ahead['segments']} segments ({ahead['failed']} failed), surrogate fits "
+                     f"{ahead['fit_seconds']:.2f} s in the forked process, waited {ahead['wait_seconds']:.2f} s "
+                     f"after training: {ahead['hidden_seconds']:.2f} s hidden")
     med = report["median_suggest"]
     fmt = lambda v: "n/a" if v is None else f"{v:.3f} s"  # noqa: E731
     lines.append(f"median suggest: initial phase {fmt(med['initial_phase'])}, afterwards {fmt(med['afterwards'])}")

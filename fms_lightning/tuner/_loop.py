@@ -22,6 +22,7 @@ from fms_lightning.optimizer import FMSOptimizer
 from fms_lightning.study import Study
 from fms_lightning.trial import Suggestion, TrialStatus
 from fms_lightning.tuner import sync
+from fms_lightning.tuner._ahead import FitAhead
 from fms_lightning.tuner.segment import SegmentResult, SegmentSpec
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ class TrainingLoop:
                 pace.submitted(spec)
             if not len(executor):
                 return
-            done = executor.next_done()
+            done = self._train_fitting_ahead(executor) if tuner.fit_while_training else executor.next_done()
             while done is not None:
                 spec, outcome = done
                 pace.finished(spec, outcome.seconds if isinstance(outcome, SegmentResult) else None)
@@ -123,6 +124,26 @@ class TrainingLoop:
             fit_loss = getattr(opt.surrogate, "last_fit_loss", None)
             if fit_loss is not None:
                 writer.add_scalar("tuner/surrogate_fit_loss", fit_loss, used)
+
+    def _train_fitting_ahead(self, executor: LocalExecutor | RayExecutor) -> tuple[Any, Any] | None:
+        """Train the local executor's segment while a forked child fits the surrogate ahead; adopt that fit.
+
+        The fit is installed before the segment is told to the optimizer, so the next
+        ``suggest()`` only conditions on the segment's epochs (see ``FMSOptimizer.fit_ahead``).
+        """
+        if not isinstance(executor, LocalExecutor) or self.opt.n_observations == 0:
+            return executor.next_done()
+        ahead = FitAhead(self.opt)
+        ahead.start()
+        try:
+            done = executor.next_done()
+        except BaseException:
+            ahead.cancel()
+            raise
+        t0 = time.perf_counter()
+        fit = ahead.finish()
+        self.tuner.fit_ahead_seconds.append((fit, time.perf_counter() - t0))
+        return done
 
     def _next_spec(self, writer: Any, used: int) -> SegmentSpec:
         """The next suggestion as a segment, durable in the study before it is trained."""
