@@ -301,6 +301,7 @@ class FMSOptimizer(_TrialsAndState):
         if fitted:
             self._ahead, self._fitted_at = None, -1  # fit to this version as a suggest() with new data would
             _model.fit(self)
+            self._conditioned_at = -1
         self._ahead = (version, {tid: len(t.curve) for tid, t in self._trials.with_status(TrialStatus.RUNNING)})
         return fitted
 

@@ -16,10 +16,13 @@ start: the driver warns, installs nothing, and the next ``suggest()`` fits as us
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 import time
 import traceback
 import warnings
@@ -56,7 +59,7 @@ class FitAhead:
         """Fork the child; it starts fitting at once."""
         ctx = multiprocessing.get_context("fork")
         receive, send = ctx.Pipe(duplex=False)
-        process = ctx.Process(target=_child, args=(self.opt, send), name="fms-fit-ahead", daemon=True)
+        process = ctx.Process(target=_child, args=(self.opt, send, os.getpid()), name="fms-fit-ahead", daemon=True)
         with warnings.catch_warnings():  # Python 3.12+ warns about forking with threads; the child runs no other code
             warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
             process.start()
@@ -102,10 +105,32 @@ class FitAhead:
                       "fits it as usual.", RuntimeWarning, stacklevel=3)
 
 
-def _child(opt: FMSOptimizer, conn: Any) -> None:
+def _detach(parent: int, keep: int) -> None:
+    """In the child: close the driver's files (its study and storage locks among them: flock locks are held
+    while any process has the file open) and, on Linux, die with the driver."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, _max_fd())
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the driver died before that
+        os._exit(0)
+
+
+def _max_fd() -> int:
+    try:
+        return int(os.sysconf("SC_OPEN_MAX"))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - POSIX has it
+        return 65536
+
+
+def _child(opt: FMSOptimizer, conn: Any, parent: int) -> None:
     """The forked process: fit ahead, send the result, exit without running the driver's exit handlers."""
     import torch
 
+    _detach(parent, conn.fileno())
     t0 = time.perf_counter()
     try:
         opt.fit_ahead()
