@@ -124,5 +124,9 @@ def test_a_state_round_trip_continues_as_uninterrupted(method, crash, tmp_path) 
     if crash == "while-training":  # b trains the pending trial again, fitting ahead meanwhile
         b.fit_ahead()
         _observe(b, s, p.value, p.weights)
-    assert _drive_ahead(a, 3, p.value, p.weights) == _drive_ahead(b, 3, p.value, p.weights)
-    assert _same(_params(a), _params(b))
+    for _ in range(3):
+        sa, sb = a.suggest(), b.suggest()
+        assert sa == sb and _same(_params(a), _params(b))  # the parameters each suggestion was made with
+        for opt, s in ((a, sa), (b, sb)):
+            opt.fit_ahead()
+            _observe(opt, s, p.value, p.weights)
