@@ -306,8 +306,57 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--initial-steps", type=int, default=None, help="FMSOptimizer initial_steps (default: its own)")
     p.add_argument("--refine-steps", type=int, default=None, help="FMSOptimizer refine_steps (default: its own)")
     p.add_argument("--json", default=None, help="also write the full report to this JSON file")
+    p.add_argument("--epoch-sleep", type=float, default=0.0,
+                   help="make every epoch this many seconds longer by sleeping (a stand-in for a slower workload)")
+    p.add_argument("--epoch-work", type=float, default=0.0,
+                   help="make every epoch about this many seconds longer with CPU work (matrix products)")
+    p.add_argument("--fit-ahead-thread", action="store_true",
+                   help="for comparison only: with fit_while_training, fit in a thread of this process instead of a "
+                   "forked one (training then shares torch's random stream, threads and the GIL with the fit)")
     p.add_argument("overrides", nargs="*", help="further recipe overrides, key=value")
     return p.parse_args(argv)
+
+
+def _slower_epochs(sleep: float, work: float) -> Any:
+    """A Lightning callback that lengthens every training epoch: ``sleep`` idle seconds, ``work`` busy ones."""
+    import lightning.pytorch as pl
+    import torch
+
+    class SlowerEpochs(pl.Callback):
+        def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+            time.sleep(sleep)
+            end = time.perf_counter() + work
+            a = torch.ones(256, 256)
+            while time.perf_counter() < end:
+                a = (a @ a).clamp_(-1.0, 1.0)
+
+    return SlowerEpochs()
+
+
+class ThreadFitAhead:
+    """``--fit-ahead-thread``: the tuner's ``FitAhead`` interface, fitting in a thread of this process."""
+
+    def __init__(self, opt: Any) -> None:
+        self.opt, self.seconds, self.error = opt, 0.0, None
+        self.thread = threading.Thread(target=self._run, name="fit-ahead", daemon=True)
+
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.opt.fit_ahead()
+        except Exception as err:  # noqa: BLE001 - reported by finish()
+            self.error = err
+        self.seconds = time.perf_counter() - t0
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def finish(self) -> float | None:
+        self.thread.join()
+        return None if self.error is not None else self.seconds
+
+    def cancel(self) -> None:
+        self.thread.join()
 
 
 def recipe_tuner(args: argparse.Namespace) -> Any:
@@ -321,6 +370,9 @@ def recipe_tuner(args: argparse.Namespace) -> Any:
     if args.refine_steps is not None:
         overrides.append(f"optimizer.refine_steps={args.refine_steps}")
     tuner, _ = tuner_from_recipe(load_recipe(args.recipe, [*overrides, *args.overrides]))
+    if args.epoch_sleep or args.epoch_work:
+        kwargs = tuner.runner.trainer_kwargs
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), _slower_epochs(args.epoch_sleep, args.epoch_work)]
     return tuner
 
 
@@ -333,10 +385,16 @@ def main(argv: Sequence[str] | None = None, make_tuner: Callable[[argparse.Names
         t0 = time.perf_counter()
         tuner = (make_tuner or recipe_tuner)(args)
         construction = time.perf_counter() - t0
+        if args.fit_ahead_thread:
+            from fms_lightning.tuner import _loop
+
+            stack.enter_context(_patched([(_loop, "FitAhead", lambda fn: ThreadFitAhead)]))
         report = measure(tuner)
     report["construction_seconds"] = construction  # recipe, hub load, FMSTuner(); not part of the wall time
     report["settings"] = {"recipe": args.recipe, "budget": args.budget, "seed": args.seed,
                           "initial_steps": args.initial_steps, "refine_steps": args.refine_steps,
+                          "epoch_sleep": args.epoch_sleep, "epoch_work": args.epoch_work,
+                          "fit_ahead_thread": args.fit_ahead_thread,
                           "overrides": list(args.overrides)}
     steps = f"initial_steps={args.initial_steps or 'default'}, refine_steps={args.refine_steps or 'default'}"
     print(format_table(report, f"bench_tuner: {args.recipe}, budget {args.budget}, seed {args.seed}, {steps} "

@@ -323,7 +323,15 @@ class FMSOptimizer(_TrialsAndState):
                 f"The surrogate was fit ahead on data version {result['version']}, but this optimizer is at "
                 f"version {self._trials.version}; adopt the fit before observing anything new."
             )
-        self.surrogate.load_state_dict(result["surrogate"])
+        params, model = result["surrogate"]["model"], self.surrogate.model
+        try:  # into the model in place when it has the same structure (no rebuild)
+            if model is None or params is None:
+                raise KeyError("no model")
+            model.load_state_dict(params)
+            if self.surrogate.readout is not None:
+                self.surrogate.readout.prepare(train_trunk=False)
+        except (KeyError, RuntimeError):
+            self.surrogate.load_state_dict(result["surrogate"])
         self.surrogate.last_fit_loss, self.surrogate.last_fit_steps = result["loss"], int(result["steps"])
         self._fitted_at = int(result["fitted_at"])
         ahead = result["ahead"]

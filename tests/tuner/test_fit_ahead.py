@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import os
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -18,19 +18,29 @@ from fms_lightning.tuner import segment
 from fms_lightning.tuner._ahead import FitAhead
 from fms_lightning.tuner._settings import resolve_fit_while_training
 from tests.optimizer.test_fit_ahead import AHEAD, _drive_ahead, _observe, _params, _same
-from tests.optimizer.test_core import _opt
+from tests.optimizer.test_core import FAST, _f, _opt
+from tests.surrogate.synthetic import GmnProblem, tiny_mlp
 from tests.tuner.test_core import _tuner
 
 
-def _running_optimizer() -> tuple[FMSOptimizer, object]:
-    opt = _opt(seed=1, **AHEAD)
-    _drive_ahead(opt, 4)
-    return opt, opt.suggest()
+def _running_optimizer(gmn_training: str | None = None) -> tuple[FMSOptimizer, object, Callable, Callable | None]:
+    """An optimizer with observations and one trial running, and its value and weights functions."""
+    if gmn_training is None:
+        opt, value, weights = _opt(seed=1, **AHEAD), _f, None
+    else:  # the real GMN on tiny MLPs
+        p = GmnProblem(0)
+        opt = FMSOptimizer(p.space, max_epochs=5, method="fms-gmn", seed=1, model_factory=tiny_mlp,
+                           starting_weights_fn=p.start_weights, gmn_training=gmn_training, **FAST, **AHEAD)
+        value, weights = p.value, p.weights
+    _drive_ahead(opt, 4, value, weights)
+    return opt, opt.suggest(), value, weights
 
 
-def test_the_forked_fit_equals_fitting_in_this_process_and_leaves_its_rng_and_threads() -> None:
-    here, s = _running_optimizer()
-    forked = copy.deepcopy(here)
+@pytest.mark.parametrize("gmn_training", [None, "readout", "full"])
+def test_the_forked_fit_equals_fitting_in_this_process_and_leaves_its_rng_and_threads(gmn_training) -> None:
+    here, s, value, weights = _running_optimizer(gmn_training)
+    forked, s_forked, _, _ = _running_optimizer(gmn_training)  # its twin (deterministic)
+    assert s_forked == s and _same(_params(here), _params(forked))
     rng, threads = torch.get_rng_state(), torch.get_num_threads()
     ahead = FitAhead(forked)
     ahead.start()
@@ -39,10 +49,17 @@ def test_the_forked_fit_equals_fitting_in_this_process_and_leaves_its_rng_and_th
     assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == threads
     assert here.fit_ahead()
     assert _same(_params(here), _params(forked)) and forked._ahead == here._ahead
-    for opt in (here, forked):
-        _observe(opt, s)
-    assert here.suggest() == forked.suggest()
-    assert _same(_params(here), _params(forked))
+    for _ in range(2):
+        for opt in (here, forked):
+            _observe(opt, s, value, weights)
+        s = here.suggest()
+        assert forked.suggest() == s
+        assert _same(_params(here), _params(forked))
+        assert here.fit_ahead()
+        ahead = FitAhead(forked)
+        ahead.start()
+        assert ahead.finish() is not None
+        assert _same(_params(here), _params(forked))
 
 
 def _boom(self) -> bool:
@@ -56,7 +73,7 @@ def _die(self) -> bool:
 @pytest.mark.parametrize(("fit_ahead", "match"), [(_boom, "RuntimeError: planted failure"),
                                                   (_die, "without a result \\(exit code 3\\)")])
 def test_a_failed_fit_ahead_warns_and_changes_nothing(monkeypatch, fit_ahead, match) -> None:
-    opt, s = _running_optimizer()
+    opt, s, _, _ = _running_optimizer()
     before = _params(opt)
     monkeypatch.setattr(FMSOptimizer, "fit_ahead", fit_ahead)  # the forked child inherits it
     ahead = FitAhead(opt)
@@ -71,7 +88,7 @@ def test_a_failed_fit_ahead_warns_and_changes_nothing(monkeypatch, fit_ahead, ma
 
 
 def test_a_fit_ahead_must_be_adopted_before_new_observations() -> None:
-    opt, s = _running_optimizer()
+    opt, s, _, _ = _running_optimizer()
     ahead = FitAhead(opt)
     ahead.start()
     _observe(opt, s)
