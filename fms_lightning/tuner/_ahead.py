@@ -53,7 +53,6 @@ class FitAhead:
         self.opt = opt
         self._process: Any = None
         self._conn: Any = None
-        self._started = 0.0
 
     def start(self) -> None:
         """Fork the child; it starts fitting at once."""
@@ -64,7 +63,7 @@ class FitAhead:
             warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
             process.start()
         send.close()
-        self._process, self._conn, self._started = process, receive, time.perf_counter()
+        self._process, self._conn = process, receive
 
     def finish(self) -> float | None:
         """Wait for the child and install its fit in the optimizer; the seconds the child fit, or None.
@@ -93,7 +92,7 @@ class FitAhead:
     def cancel(self) -> None:
         """Stop the child (after an error in the driver); nothing is installed."""
         if self._process is not None and self._process.is_alive():
-            self._process.terminate()
+            self._process.kill()  # SIGKILL: it holds nothing to clean up, and ignores no handler
         if self._process is not None:
             self._process.join()
         if self._conn is not None:
