@@ -348,8 +348,9 @@ class ThreadFitAhead:
             self.error = err
         self.seconds = time.perf_counter() - t0
 
-    def start(self) -> None:
+    def start(self) -> bool:
         self.thread.start()
+        return True
 
     def finish(self) -> float | None:
         self.thread.join()

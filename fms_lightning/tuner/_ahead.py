@@ -54,16 +54,23 @@ class FitAhead:
         self._process: Any = None
         self._conn: Any = None
 
-    def start(self) -> None:
-        """Fork the child; it starts fitting at once."""
+    def start(self) -> bool:
+        """Fork the child, which starts fitting at once; False (with a warning) if no process could be started."""
         ctx = multiprocessing.get_context("fork")
         receive, send = ctx.Pipe(duplex=False)
         process = ctx.Process(target=_child, args=(self.opt, send, os.getpid()), name="fms-fit-ahead", daemon=True)
-        with warnings.catch_warnings():  # Python 3.12+ warns about forking with threads; the child runs no other code
-            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-            process.start()
-        send.close()
+        try:
+            with warnings.catch_warnings():  # Python 3.12+ warns about forking with threads; the child runs no other code
+                warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+                process.start()
+        except (OSError, AssertionError) as err:  # out of processes; or this is a daemonic process, which may not fork
+            receive.close()
+            self._warn(f"no process could be started: {type(err).__name__}: {err}")
+            return False
+        finally:
+            send.close()
         self._process, self._conn = process, receive
+        return True
 
     def finish(self) -> float | None:
         """Wait for the child and install its fit in the optimizer; the seconds the child fit, or None.

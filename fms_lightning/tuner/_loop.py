@@ -134,7 +134,8 @@ class TrainingLoop:
         if not isinstance(executor, LocalExecutor) or self.opt.method is Method.RANDOM or self.opt.n_observations == 0:
             return executor.next_done()
         ahead = FitAhead(self.opt)
-        ahead.start()
+        if not ahead.start():
+            return executor.next_done()
         try:
             done = executor.next_done()
         except BaseException:

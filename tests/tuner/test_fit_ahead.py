@@ -43,7 +43,7 @@ def test_the_forked_fit_equals_fitting_in_this_process_and_leaves_its_rng_and_th
     assert s_forked == s and _same(_params(here), _params(forked))
     rng, threads = torch.get_rng_state(), torch.get_num_threads()
     ahead = FitAhead(forked)
-    ahead.start()
+    assert ahead.start()
     seconds = ahead.finish()
     assert seconds is not None and seconds > 0
     assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == threads
@@ -160,3 +160,16 @@ def test_the_recipe_key_reaches_the_tuner(tmp_path) -> None:
     assert tuner_from_recipe({**recipe, "fit_while_training": False})[0].fit_while_training is False
     with pytest.raises(ConfigurationError, match="fit_while_training"):
         tuner_from_recipe({**recipe, "fit_while_training": "sometimes"})
+
+
+def test_a_process_that_may_not_fork_trains_without_fitting_ahead(tmp_path, monkeypatch) -> None:
+    import multiprocessing.process
+
+    def refuse(self):
+        raise AssertionError("daemonic processes are not allowed to have children")
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
+    tuner = _tuner(tmp_path, budget=3, fit_while_training=True)
+    with pytest.warns(RuntimeWarning, match="no process could be started"):
+        result = tuner.fit()
+    assert result.budget_used == 3 and tuner.fit_ahead_seconds == []
