@@ -137,6 +137,8 @@ def _child(opt: FMSOptimizer, conn: Any, parent: int) -> None:
     import torch
 
     _detach(parent, conn.fileno())
+    if opt.surrogate_threads is None:  # one intra-op thread: an OpenMP pool the driver used may not survive a fork
+        torch.set_num_threads(1)
     t0 = time.perf_counter()
     try:
         opt.fit_ahead()
