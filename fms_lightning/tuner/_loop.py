@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from fms_lightning.errors import TrialFailedError
 from fms_lightning._parallel import LostWorkerRetries
 from fms_lightning.executors import LocalExecutor, LostWorker, RayExecutor, RayFailure, RefitPacer
-from fms_lightning.optimizer import FMSOptimizer, Method
+from fms_lightning.optimizer import FMSOptimizer
 from fms_lightning.study import Study
 from fms_lightning.trial import Suggestion, TrialStatus
 from fms_lightning.tuner import sync
@@ -131,7 +131,7 @@ class TrainingLoop:
         The fit is installed before the segment is told to the optimizer, so the next
         ``suggest()`` only conditions on the segment's epochs (see ``FMSOptimizer.fit_ahead``).
         """
-        if not isinstance(executor, LocalExecutor) or self.opt.method is Method.RANDOM or self.opt.n_observations == 0:
+        if not isinstance(executor, LocalExecutor) or not self.opt._fits_ahead():
             return executor.next_done()
         ahead = FitAhead(self.opt)
         if not ahead.start():

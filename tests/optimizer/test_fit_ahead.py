@@ -130,3 +130,14 @@ def test_a_state_round_trip_continues_as_uninterrupted(method, crash, tmp_path) 
         for opt, s in ((a, sa), (b, sb)):
             opt.fit_ahead()
             _observe(opt, s, p.value, p.weights)
+
+
+def test_nothing_is_fit_ahead_while_fits_start_from_scratch() -> None:
+    opt = _opt(seed=1, full_fit_until=5)
+    _drive_ahead(opt, 3)
+    s = opt.suggest()
+    before = _params(opt)
+    assert opt.fit_ahead() is False and opt._ahead is None
+    _observe(opt, s)
+    opt.suggest()  # the usual from-scratch fit
+    assert not _same(_params(opt), before)
