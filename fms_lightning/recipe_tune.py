@@ -24,7 +24,7 @@ A tuning recipe has one key per :class:`~fms_lightning.tuner.FMSTuner` argument
     progress: true
     threads: null                       # torch intra-op threads for training (null: torch's default)
     surrogate_threads: 1                # torch threads while the surrogate fits and suggests (null: as training)
-    fit_while_training: auto           # fit the surrogate while each segment trains (local executor): true | false | auto
+    fit_while_training: false           # fit the surrogate while each segment trains (local executor): true | false | auto
     executor: local                     # local | ray (pip install 'fms-lightning[ray]')
     max_concurrent: 1                   # segments at once (ray)
     storage: null                       # checkpoints/snapshots: a path or fsspec URL workers reach (null: study_dir)

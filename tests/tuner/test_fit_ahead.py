@@ -165,9 +165,10 @@ def test_the_recipe_key_reaches_the_tuner(tmp_path) -> None:
     from tests.test_recipe_tune import _tiny_hub_recipe
 
     recipe = _tiny_hub_recipe(tmp_path, trusted_factories=["tests.tiny_task:make_mlp"], method="dyhpo")
-    assert tuner_from_recipe(recipe)[0].fit_while_training is True  # "auto"
-    assert tuner_from_recipe({**recipe, "method": "random"})[0].fit_while_training is False
-    assert tuner_from_recipe({**recipe, "fit_while_training": False})[0].fit_while_training is False
+    assert tuner_from_recipe(recipe)[0].fit_while_training is False  # the default
+    assert tuner_from_recipe({**recipe, "fit_while_training": "auto"})[0].fit_while_training is True
+    assert tuner_from_recipe({**recipe, "fit_while_training": "auto", "method": "random"})[0].fit_while_training is False
+    assert tuner_from_recipe({**recipe, "fit_while_training": True})[0].fit_while_training is True
     with pytest.raises(ConfigurationError, match="fit_while_training"):
         tuner_from_recipe({**recipe, "fit_while_training": "sometimes"})
 
