@@ -24,6 +24,7 @@ A tuning recipe has one key per :class:`~fms_lightning.tuner.FMSTuner` argument
     progress: true
     threads: null                       # torch intra-op threads for training (null: torch's default)
     surrogate_threads: 1                # torch threads while the surrogate fits and suggests (null: as training)
+    fit_while_training: false           # fit the surrogate while each segment trains (local executor): true | false | auto
     executor: local                     # local | ray (pip install 'fms-lightning[ray]')
     max_concurrent: 1                   # segments at once (ray)
     storage: null                       # checkpoints/snapshots: a path or fsspec URL workers reach (null: study_dir)
@@ -59,7 +60,7 @@ __all__ = ["TuneRecipe", "validate_recipe", "run_tune_recipe", "tuner_from_recip
 _RECIPE_KEY = {"build": "module", "space": "search_space", "trainer_kwargs": "trainer", "optimizer_kwargs": "optimizer"}
 #: Recipe keys and types where the argument's annotation says less (a string to import, a block of options).
 _RECIPE_TYPE: dict[str, Any] = {"module": str, "datamodule": str, "search_space": dict[str, Any], "hub": Any,
-                                "trainer": dict[str, Any], "optimizer": dict[str, Any]}
+                                "trainer": dict[str, Any], "optimizer": dict[str, Any], "fit_while_training": Any}
 #: Recipe defaults where the tuner has none, or another one.
 _RECIPE_DEFAULT: dict[str, Any] = {
     "study_dir": "runs/study", "monitor": "val_acc", "mode": "max", "budget_epochs": 40, "max_epochs_per_trial": 8,

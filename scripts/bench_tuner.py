@@ -16,6 +16,10 @@ changes, and nothing is timed unless this script runs). The wall time of
 - ``observe``: ``FMSOptimizer.observe`` (reads each snapshot and embeds it);
 - ``study_io``: the study's transactions (``start_segment``, with the optimizer-state save,
   ``commit_segment``, and ``tell`` beyond ``observe``);
+- ``fit_ahead_wait``: with ``fit_while_training``, the wait after a segment for the surrogate
+  fit running in a forked process alongside it, and installing that fit (the fit's own time,
+  in the other process, is reported as ``fit_ahead``: what of it exceeds this wait was
+  hidden behind the segment);
 - ``fit_setup``: ``fit()`` outside its loop (study open, optimizer load, result and plot);
 - ``loop_other``: the rest of the loop (progress bar, TensorBoard scalars);
 - ``unaccounted``: what is left of the wall time.
@@ -45,8 +49,8 @@ from pathlib import Path
 from typing import Any
 
 #: The parts of the wall time, disjoint, in table order (``unaccounted`` is the remainder).
-PARTS = ("training", "segment_setup", "surrogate_fit", "acquisition", "observe", "study_io", "fit_setup",
-         "loop_other")
+PARTS = ("training", "segment_setup", "surrogate_fit", "acquisition", "observe", "study_io", "fit_ahead_wait",
+         "fit_setup", "loop_other")
 #: Observation counts at which the surrogate time per suggestion is reported.
 AT_OBSERVATIONS = (5, 10, 25, 50)
 
@@ -180,6 +184,9 @@ def measure(tuner: Any) -> dict[str, Any]:
     observe_total = t.total("observe")
     study_io = t.total("study.start_segment") + t.total("study.commit_segment") + (t.total("tell") - observe_total)
     loop_total = t.total("loop")
+    ahead = list(getattr(tuner, "fit_ahead_seconds", []))
+    ahead_fit = float(sum(f for f, _ in ahead if f is not None))
+    ahead_wait = float(sum(w for _, w in ahead))
     parts = {
         "training": training,
         "segment_setup": segment_total - training,
@@ -187,9 +194,10 @@ def measure(tuner: Any) -> dict[str, Any]:
         "acquisition": suggest_total - fit_total,
         "observe": observe_total,
         "study_io": study_io,
+        "fit_ahead_wait": ahead_wait,
         "fit_setup": wall - loop_total,
         "loop_other": loop_total - segment_total - suggest_total - t.total("study.start_segment")
-        - t.total("study.commit_segment") - t.total("tell"),
+        - t.total("study.commit_segment") - t.total("tell") - ahead_wait,
     }
     parts = {k: max(0.0, v) for k, v in parts.items()}  # rounding only: each is a difference of nested timings
     unaccounted = max(0.0, wall - sum(parts.values()))
@@ -213,6 +221,8 @@ def measure(tuner: Any) -> dict[str, Any]:
         "segment_setup_breakdown": setup,
         "study_io_breakdown": io,
         "background_snapshot_writes": t.total("seg.snapshot_writes_background"),
+        "fit_ahead": {"segments": len(ahead), "failed": sum(f is None for f, _ in ahead), "fit_seconds": ahead_fit,
+                      "wait_seconds": ahead_wait, "hidden_seconds": max(0.0, ahead_fit - ahead_wait)},
         "study_observations_wall_time": study_training,
         "state_saves": t.count("study.state_save"),
         "stored_state": _stored_state_bytes(tuner.study_dir),
@@ -293,6 +303,11 @@ def format_table(report: dict[str, Any], title: str = "") -> str:
     stored = report["stored_state"]
     lines.append(f"optimizer state: {report['state_saves']} saves, {stored['state'] / 1e6:.2f} MB stored after the "
                  f"run, plus {stored['parts_stored_once'] / 1e6:.2f} MB of parts stored once ({stored['n_parts']})")
+    ahead = report.get("fit_ahead") or {}
+    if ahead.get("segments"):
+        lines.append(f"fit while training: {ahead['segments']} segments ({ahead['failed']} failed), surrogate fits "
+                     f"{ahead['fit_seconds']:.2f} s in the forked process, waited {ahead['wait_seconds']:.2f} s "
+                     f"after training: {ahead['hidden_seconds']:.2f} s hidden")
     med = report["median_suggest"]
     fmt = lambda v: "n/a" if v is None else f"{v:.3f} s"  # noqa: E731
     lines.append(f"median suggest: initial phase {fmt(med['initial_phase'])}, afterwards {fmt(med['afterwards'])}")
@@ -313,8 +328,58 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--initial-steps", type=int, default=None, help="FMSOptimizer initial_steps (default: its own)")
     p.add_argument("--refine-steps", type=int, default=None, help="FMSOptimizer refine_steps (default: its own)")
     p.add_argument("--json", default=None, help="also write the full report to this JSON file")
+    p.add_argument("--epoch-sleep", type=float, default=0.0,
+                   help="make every epoch this many seconds longer by sleeping (a stand-in for a slower workload)")
+    p.add_argument("--epoch-work", type=float, default=0.0,
+                   help="make every epoch about this many seconds longer with CPU work (matrix products)")
+    p.add_argument("--fit-ahead-thread", action="store_true",
+                   help="for comparison only: with fit_while_training, fit in a thread of this process instead of a "
+                   "forked one (training then shares torch's random stream, threads and the GIL with the fit)")
     p.add_argument("overrides", nargs="*", help="further recipe overrides, key=value")
     return p.parse_args(argv)
+
+
+def _slower_epochs(sleep: float, work: float) -> Any:
+    """A Lightning callback that lengthens every training epoch: ``sleep`` idle seconds, ``work`` busy ones."""
+    import lightning.pytorch as pl
+    import torch
+
+    class SlowerEpochs(pl.Callback):
+        def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+            time.sleep(sleep)
+            end = time.perf_counter() + work
+            a = torch.ones(256, 256)
+            while time.perf_counter() < end:
+                a = (a @ a).clamp_(-1.0, 1.0)
+
+    return SlowerEpochs()
+
+
+class ThreadFitAhead:
+    """``--fit-ahead-thread``: the tuner's ``FitAhead`` interface, fitting in a thread of this process."""
+
+    def __init__(self, opt: Any) -> None:
+        self.opt, self.seconds, self.error = opt, 0.0, None
+        self.thread = threading.Thread(target=self._run, name="fit-ahead", daemon=True)
+
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.opt.fit_ahead()
+        except Exception as err:  # noqa: BLE001 - reported by finish()
+            self.error = err
+        self.seconds = time.perf_counter() - t0
+
+    def start(self) -> bool:
+        self.thread.start()
+        return True
+
+    def finish(self) -> float | None:
+        self.thread.join()
+        return None if self.error is not None else self.seconds
+
+    def cancel(self) -> None:
+        self.thread.join()
 
 
 def recipe_tuner(args: argparse.Namespace) -> Any:
@@ -328,6 +393,9 @@ def recipe_tuner(args: argparse.Namespace) -> Any:
     if args.refine_steps is not None:
         overrides.append(f"optimizer.refine_steps={args.refine_steps}")
     tuner, _ = tuner_from_recipe(load_recipe(args.recipe, [*overrides, *args.overrides]))
+    if args.epoch_sleep or args.epoch_work:
+        kwargs = tuner.runner.trainer_kwargs
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), _slower_epochs(args.epoch_sleep, args.epoch_work)]
     return tuner
 
 
@@ -340,10 +408,16 @@ def main(argv: Sequence[str] | None = None, make_tuner: Callable[[argparse.Names
         t0 = time.perf_counter()
         tuner = (make_tuner or recipe_tuner)(args)
         construction = time.perf_counter() - t0
+        if args.fit_ahead_thread:
+            from fms_lightning.tuner import _loop
+
+            stack.enter_context(_patched([(_loop, "FitAhead", lambda fn: ThreadFitAhead)]))
         report = measure(tuner)
     report["construction_seconds"] = construction  # recipe, hub load, FMSTuner(); not part of the wall time
     report["settings"] = {"recipe": args.recipe, "budget": args.budget, "seed": args.seed,
                           "initial_steps": args.initial_steps, "refine_steps": args.refine_steps,
+                          "epoch_sleep": args.epoch_sleep, "epoch_work": args.epoch_work,
+                          "fit_ahead_thread": args.fit_ahead_thread,
                           "overrides": list(args.overrides)}
     steps = f"initial_steps={args.initial_steps or 'default'}, refine_steps={args.refine_steps or 'default'}"
     print(format_table(report, f"bench_tuner: {args.recipe}, budget {args.budget}, seed {args.seed}, {steps} "

@@ -73,6 +73,8 @@ def fit(opt: FMSOptimizer) -> None:
     steps = 0 if not new_data else (
         cfg.initial_warm_steps if warm else cfg.initial_steps if first_phase else cfg.refine_steps
     )
+    if new_data and opt._use_fit_ahead():  # fit_ahead() fit the parameters: only condition on the new data
+        steps, scratch = 0, False
     if isinstance(opt.featurizer, SnapshotFeaturizer):  # which from-scratch fits train the GMN trunk
         k = opt.gmn_trunk_fits
         opt.featurizer.trunk_enabled = k is None or n_obs > cfg.full_fit_until - k

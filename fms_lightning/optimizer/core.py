@@ -38,7 +38,7 @@ from fms_lightning.surrogate.dataset import InputLayout, make_row
 from fms_lightning.surrogate.gp import Surrogate, SurrogateConfig
 from fms_lightning.surrogate.readout import GMNTraining, SnapshotFeaturizer
 from fms_lightning.surrogate.weights import GraphFn
-from fms_lightning.trial import Suggestion
+from fms_lightning.trial import Suggestion, TrialStatus
 
 __all__ = ["FMSOptimizer"]
 
@@ -173,6 +173,9 @@ class FMSOptimizer(_TrialsAndState):
         self._fitted_at = 0  # the registry's version at the last fit
         self._pretrained = False
         self._warned: set[str] = set()
+        #: fit_ahead()'s record: the version it fit at and each running trial's epochs then; None when unset.
+        self._ahead: tuple[int, dict[int, int]] | None = None
+        self._conditioned_at = -1  # the version the last fit only conditioned on, with fit_ahead()'s parameters
 
     # -- ask / tell ------------------------------------------------------------------
     @surrogate_threads
@@ -273,7 +276,125 @@ class FMSOptimizer(_TrialsAndState):
             )
         return _model.predict(self, [dict(c) for c in configs], epoch)
 
+    @surrogate_threads
+    def fit_ahead(self) -> bool:
+        """Fit the surrogate now to the observations so far, with the running trials pending.
+
+        For fitting while trials train: call it after :meth:`suggest` handed out a trial and
+        before that trial is observed. The next fit (in :meth:`suggest` or :meth:`predict`)
+        then, if the only observations since are those of the trials running now, conditions
+        on them with these parameters (one Cholesky, no optimiser steps) instead of fitting
+        again; otherwise it fits as usual. So a suggestion uses parameters one observation
+        stale, and the fits follow the same schedule as without this call (from scratch up to
+        ``full_fit_until`` observations, then warm-started), each one observation later.
+
+        Nothing is fit ahead while there are fewer than ``full_fit_until`` observations:
+        there every fit starts from scratch, and parameters fit to one observation fewer
+        made clearly worse early suggestions (the demo's best ``val_acc`` over seeds 0-4:
+        0.952 against 0.982 when every fit was made ahead).
+
+        The result depends only on the optimizer's state (same seed and data, same result),
+        and is kept by :meth:`state_dict`.
+
+        Returns:
+            Whether the surrogate was fit now: False for ``method="random"`` (nothing to fit),
+            with fewer than ``full_fit_until`` observations, and when its parameters were
+            already fit to these observations (then the next fit conditions on top of them
+            all the same).
+
+        Raises:
+            SurrogateError: If the surrogate cannot be fit (the next :meth:`suggest` fits as usual).
+        """
+        if not self._fits_ahead():
+            return False
+        version = self._trials.version
+        fitted = self.surrogate.model is None or self._fitted_at != version or self._conditioned_at == version
+        if fitted:
+            self._ahead, self._fitted_at = None, -1  # fit to this version as a suggest() with new data would
+            _model.fit(self)
+            self._conditioned_at = -1
+        self._ahead = (version, {tid: len(t.curve) for tid, t in self._trials.with_status(TrialStatus.RUNNING)})
+        return fitted
+
+    def _fit_ahead_result(self) -> dict[str, Any]:
+        """What :meth:`fit_ahead` left, for :meth:`_adopt_fit_ahead` in the process this one was forked from."""
+        ahead = None if self._ahead is None else [self._ahead[0], sorted(self._ahead[1].items())]
+        return {"version": self._trials.version, "fitted_at": self._fitted_at, "ahead": ahead,
+                "surrogate": self.surrogate.state_dict(), "loss": self.surrogate.last_fit_loss,
+                "steps": self.surrogate.last_fit_steps}
+
+    def _adopt_fit_ahead(self, result: Mapping[str, Any]) -> None:
+        """Install :meth:`_fit_ahead_result` of a copy of this optimizer, as if :meth:`fit_ahead` had run here.
+
+        Raises:
+            ConfigurationError: If this optimizer's data changed since the copy was made.
+        """
+        if int(result["version"]) != self._trials.version:
+            raise ConfigurationError(
+                f"The surrogate was fit ahead on data version {result['version']}, but this optimizer is at "
+                f"version {self._trials.version}; adopt the fit before observing anything new."
+            )
+        params, model = result["surrogate"]["model"], self.surrogate.model
+        try:  # into the model in place when it has the same structure (no rebuild)
+            if model is None or params is None:
+                raise KeyError("no model")
+            model.load_state_dict(params)
+            if self.surrogate.readout is not None:
+                self.surrogate.readout.prepare(train_trunk=False)
+        except (KeyError, RuntimeError):
+            self.surrogate.load_state_dict(result["surrogate"])
+        self.surrogate.last_fit_loss, self.surrogate.last_fit_steps = result["loss"], int(result["steps"])
+        self._fitted_at = int(result["fitted_at"])
+        ahead = result["ahead"]
+        self._ahead = None if ahead is None else (int(ahead[0]), {int(t): int(n) for t, n in ahead[1]})
+
+    def state_dict(self, *, trials: bool = True, blobs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything needed to continue: after a round trip the next suggestion is identical.
+
+        Args:
+            trials: Include the trials. A caller that keeps them elsewhere (the tuner's
+                study) passes False and hands them back with :meth:`restore_trial`.
+        """
+        state = super().state_dict(trials=trials, blobs=blobs)
+        ahead = None if self._ahead is None else [self._ahead[0], sorted(self._ahead[1].items())]
+        state["fit_ahead"] = {"ahead": ahead, "conditioned_at": self._conditioned_at}
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any], *, blobs: Mapping[str, Any] | None = None) -> None:
+        """Restore :meth:`state_dict` output (trials too, when it holds them).
+
+        Raises:
+            ConfigurationError: If the state was written by a different method.
+        """
+        super().load_state_dict(state, blobs=blobs)
+        saved = state.get("fit_ahead") or {}
+        ahead = saved.get("ahead")
+        self._ahead = None if ahead is None else (int(ahead[0]), {int(t): int(n) for t, n in ahead[1]})
+        self._conditioned_at = int(saved.get("conditioned_at", -1))
+
     # -- internals -------------------------------------------------------------------
+    def _fits_ahead(self) -> bool:
+        """Whether :meth:`fit_ahead` would fit or keep anything now (see there)."""
+        n = self.n_observations
+        return self.method is not Method.RANDOM and n > 0 and n >= self.surrogate_config.full_fit_until
+
+    def _use_fit_ahead(self) -> bool:
+        """Whether this fit only conditions on the new data with :meth:`fit_ahead`'s parameters.
+
+        True when the surrogate still holds them (no other fit, pretraining or loading since)
+        and every new observation is one of the trials that were running then. The record is
+        used up either way.
+        """
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or self.surrogate.model is None or self._fitted_at != ahead[0]:
+            return False
+        version, running = ahead
+        grown = sum(len(self._trials.get(tid).curve) - n for tid, n in running.items() if tid in self._trials)
+        if self._trials.version - version != grown:  # other trials changed, or a running one failed
+            return False
+        self._conditioned_at = self._trials.version
+        return True
+
     def _warn_once(self, key: str, msg: str) -> None:
         if key not in self._warned:
             self._warned.add(key)

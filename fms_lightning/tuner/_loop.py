@@ -22,6 +22,7 @@ from fms_lightning.optimizer import FMSOptimizer
 from fms_lightning.study import Study
 from fms_lightning.trial import Suggestion, TrialStatus
 from fms_lightning.tuner import sync
+from fms_lightning.tuner._ahead import FitAhead
 from fms_lightning.tuner.segment import SegmentResult, SegmentSpec
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ class TrainingLoop:
         self.failures: list[str] = []
         self.retries = LostWorkerRetries(tuner.max_lost_worker_retries)
         self._first_failure: tuple[int, Path | None, str | None] = (0, None, None)
+        self._unsaved_fit = False
 
     def run(self, executor: LocalExecutor | RayExecutor, bar: Any, writer: Any) -> None:
         tuner, opt, study = self.tuner, self.opt, self.study
@@ -99,7 +101,7 @@ class TrainingLoop:
                 pace.submitted(spec)
             if not len(executor):
                 return
-            done = executor.next_done()
+            done = self._train_fitting_ahead(executor) if tuner.fit_while_training else executor.next_done()
             while done is not None:
                 spec, outcome = done
                 pace.finished(spec, outcome.seconds if isinstance(outcome, SegmentResult) else None)
@@ -124,6 +126,28 @@ class TrainingLoop:
             if fit_loss is not None:
                 writer.add_scalar("tuner/surrogate_fit_loss", fit_loss, used)
 
+    def _train_fitting_ahead(self, executor: LocalExecutor | RayExecutor) -> tuple[Any, Any] | None:
+        """Train the local executor's segment while a forked child fits the surrogate ahead; adopt that fit.
+
+        The fit is installed before the segment is told to the optimizer, so the next
+        ``suggest()`` only conditions on the segment's epochs (see ``FMSOptimizer.fit_ahead``).
+        """
+        if not isinstance(executor, LocalExecutor) or not self.opt._fits_ahead():
+            return executor.next_done()
+        ahead = FitAhead(self.opt)
+        if not ahead.start():
+            return executor.next_done()
+        try:
+            done = executor.next_done()
+        except BaseException:
+            ahead.cancel()
+            raise
+        t0 = time.perf_counter()
+        fit = ahead.finish()
+        self._unsaved_fit = fit is not None  # saved with the segment: the rows cannot give this fit back
+        self.tuner.fit_ahead_seconds.append((fit, time.perf_counter() - t0))
+        return done
+
     def _next_spec(self, writer: Any, used: int) -> SegmentSpec:
         """The next suggestion as a segment, durable in the study before it is trained."""
         t0 = time.perf_counter()
@@ -139,14 +163,15 @@ class TrainingLoop:
         tuner.segments.append(result)
         if result.error is None:
             done = spec.target >= tuner.max_epochs_per_trial
-            sync.commit_segment(tuner.storage, self.study, result, TrialStatus.COMPLETED if done else TrialStatus.PAUSED)
+            sync.commit_segment(tuner.storage, self.study, result, TrialStatus.COMPLETED if done else TrialStatus.PAUSED,
+                                opt=self._take_unsaved_fit())
             sync.tell(self.opt, self.study, result)
             self.failures.clear()
             return
         trace = self._save_traceback(result)
         log.warning("Trial %s failed: %s%s", spec.trial_id, result.error,
                     f" (traceback: {trace})" if trace is not None else "")
-        sync.commit_segment(tuner.storage, self.study, result, TrialStatus.FAILED)
+        sync.commit_segment(tuner.storage, self.study, result, TrialStatus.FAILED, opt=self._take_unsaved_fit())
         sync.tell(self.opt, self.study, result)
         self.failures.append(f"trial {spec.trial_id}: {result.error}")
         if len(self.failures) == 1:
@@ -163,6 +188,11 @@ class TrainingLoop:
                 f"{len(self.failures)} trials in a row failed; stopping. Reasons:\n  " + "\n  ".join(self.failures)
                 + shown
             )
+
+    def _take_unsaved_fit(self) -> FMSOptimizer | None:
+        """The optimizer if a fit made while the segment trained was installed since the last save (then saved)."""
+        unsaved, self._unsaved_fit = self._unsaved_fit, False
+        return self.opt if unsaved else None
 
     def _save_traceback(self, result: SegmentResult) -> Path | None:
         """Write a failed segment's traceback to ``STUDY_DIR/failures/trial_NNNNN.txt``; its path."""

@@ -12,12 +12,12 @@ from fms_lightning._validate import check_int, check_mode
 from fms_lightning.errors import ConfigurationError
 from fms_lightning.hub import ModelHub
 from fms_lightning.optimizer import FMSOptimizer
-from fms_lightning.optimizer._options import parse_method
+from fms_lightning.optimizer._options import Method, parse_method
 from fms_lightning.space import SearchSpace
 from fms_lightning.study import Study
 from fms_lightning.tuner._lightning import _DataModuleFromClass
 
-__all__ = ["check_arguments", "check_study", "settings_diff"]
+__all__ = ["check_arguments", "check_study", "resolve_fit_while_training", "settings_diff"]
 
 
 def check_arguments(
@@ -67,6 +67,34 @@ def check_arguments(
         missing = [v for v in space[space.hub_name].values if v not in hub.names]  # type: ignore[attr-defined]
         if missing:
             raise ConfigurationError(f"Hub dimension values {missing} are not entries of the hub {hub.names}.")
+
+
+def resolve_fit_while_training(value: Any, executor: str, method: str) -> bool:
+    """Whether the tuner fits the surrogate while each segment trains (``FMSTuner(fit_while_training=...)``).
+
+    ``"auto"`` is on for the local executor with a model-based method where processes can fork.
+
+    Raises:
+        ConfigurationError: For a value other than True, False or ``"auto"``; True with
+            ``executor="ray"`` or where processes cannot fork.
+    """
+    from fms_lightning.tuner._ahead import fork_available
+
+    if isinstance(value, str) and value == "auto":
+        return executor == "local" and parse_method(method) is not Method.RANDOM and fork_available()
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"fit_while_training must be True, False or 'auto', got {value!r}.")
+    if value and executor != "local":
+        raise ConfigurationError(
+            f"fit_while_training=True is for executor='local'; with executor={executor!r} the tuner already suggests "
+            "while segments train. Pass False or 'auto'."
+        )
+    if value and not fork_available():
+        raise ConfigurationError(
+            "fit_while_training=True fits the surrogate in a forked process, and this platform cannot fork; "
+            "pass False or 'auto'."
+        )
+    return value
 
 
 def _check_extra_kwargs(optimizer_kwargs: Mapping[str, Any] | None, trainer_kwargs: Mapping[str, Any] | None) -> None:

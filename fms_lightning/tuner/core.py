@@ -33,7 +33,7 @@ from fms_lightning.study import Study
 from fms_lightning.tuner import sync
 from fms_lightning.tuner._loop import TrainingLoop, make_executor, summary_writer
 from fms_lightning.tuner._result import build_result
-from fms_lightning.tuner._settings import check_arguments, check_study
+from fms_lightning.tuner._settings import check_arguments, check_study, resolve_fit_while_training
 from fms_lightning.tuner.segment import (
     BuildFn, DataModuleLike, SegmentResult, SegmentRunner, SegmentSpec, StartWeights, datamodule_factory,
 )
@@ -94,6 +94,17 @@ class FMSTuner:
             suggestions, in this process (default 1, much faster for its small
             matrices; your ``torch.get_num_threads()`` is restored afterwards, so
             training keeps it). ``None`` leaves torch's setting.
+        fit_while_training: With ``executor="local"``: while each segment trains, fit the
+            surrogate in a forked process to the observations so far
+            (:meth:`FMSOptimizer.fit_ahead <fms_lightning.optimizer.FMSOptimizer.fit_ahead>`);
+            the next suggestion then only conditions on the segment's epochs, so the fit's
+            time is hidden behind training (the suggestions use parameters one observation
+            stale, except in the from-scratch phase, which is not fit ahead). Training
+            itself is unchanged: the fit never runs in the training's process. ``"auto"``:
+            on for the local executor and a model-based method where processes can fork
+            (Linux, macOS). Off by default: on the digits demo it saved 12% of the wall
+            time, but its suggestions ended a little lower (best ``val_acc`` over seeds
+            0-4); it pays most when an epoch takes longer than a surrogate refit.
 
     Raises:
         ConfigurationError: For a bad mode, budget, method, executor, an unknown
@@ -133,6 +144,7 @@ class FMSTuner:
         max_lost_worker_retries: int = 3,
         gmn_training: Literal["frozen", "readout", "full"] | None = None,
         surrogate_threads: int | None = 1,
+        fit_while_training: bool | Literal["auto"] = False,
     ) -> None:
         datamodule = datamodule_factory(datamodule)
         check_arguments(build=build, datamodule=datamodule, space=space, hub=hub, monitor=monitor, mode=mode,
@@ -151,6 +163,8 @@ class FMSTuner:
         self.resources_per_trial = dict(resources_per_trial or {})
         self.max_lost_worker_retries = max_lost_worker_retries
         self.surrogate_threads = check_threads(surrogate_threads)
+        #: Whether each segment trains while the surrogate is fit ahead (``fit_while_training`` resolved).
+        self.fit_while_training = resolve_fit_while_training(fit_while_training, executor, method)
         self.storage = Storage(storage if storage is not None else self.study_dir)
         self._storage_base = self.storage  # fit() narrows self.storage to the study's own folder of it
         self.runner = SegmentRunner(build, datamodule, hub, space.hub_name, monitor, self.seed, max_epochs_per_trial,
@@ -164,6 +178,9 @@ class FMSTuner:
         self.suggest_seconds: list[float] = []
         #: Segments of the last :meth:`fit` call whose worker or node was lost, with the reason (each was re-run).
         self.lost_segments: list[tuple[SegmentSpec, str]] = []
+        #: Per segment of the last :meth:`fit` call trained while the surrogate was fit ahead: the seconds the
+        #: fit took in its process (None if it failed), and the seconds waited for it after training.
+        self.fit_ahead_seconds: list[tuple[float | None, float]] = []
 
     def fit(self) -> TuneResult:
         """Run (or continue) the study until ``budget_epochs`` epochs are trained.
@@ -197,7 +214,7 @@ class FMSTuner:
                     self._new_optimizer, study, pretrain=lambda o: self._pretrain(o, study),
                     random=self.method is Method.RANDOM, max_epochs=self.max_epochs_per_trial)
                 unfinished = sync.learn_recorded_runs(opt, study, lambda o: self._pretrain(o, study))
-                self.segments, self.suggest_seconds, self.lost_segments = [], [], []
+                self.segments, self.suggest_seconds, self.lost_segments, self.fit_ahead_seconds = [], [], [], []
                 executor = make_executor(self, _run_segment)
             except BaseException:
                 if storage_lock is not None:
