@@ -312,20 +312,10 @@ class _StudyStore:
                 tensors and plain values); the rows are untouched, and
                 :meth:`FMSTuner.fit <fms_lightning.FMSTuner.fit>` rebuilds the state from them.
         """
-        import io
-
         rows = self._query("SELECT state FROM tuner_state WHERE id = 0")
         if not rows:
             return None
-        try:
-            state = torch.load(io.BytesIO(rows[0][0]), map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any failure means a corrupt (or unsafe) blob
-            detail = (str(err).strip().splitlines() or [""])[0]
-            raise StudyError(
-                f"The tuner state stored in {str(self.path / 'study.sqlite')!r} cannot be loaded "
-                f"({type(err).__name__}: {detail}); it is refused. The study's rows are intact: "
-                "FMSTuner.fit() rebuilds the tuner state from them."
-            ) from None
+        state = _load_stored(rows[0][0], f"The tuner state stored in {str(self.path / 'study.sqlite')!r}")
         if not isinstance(state, dict):
             raise StudyError(
                 f"The tuner state stored in {str(self.path / 'study.sqlite')!r} is a {type(state).__name__}, not "
@@ -360,8 +350,6 @@ class _Blobs(Mapping[str, Any]):
         return bool(self._store._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tuner_blobs'"))
 
     def __getitem__(self, key: str) -> Any:
-        import io
-
         if key in self._loaded:
             return self._loaded[key]
         if not self._has_table():
@@ -369,15 +357,9 @@ class _Blobs(Mapping[str, Any]):
         rows = self._store._query("SELECT blob FROM tuner_blobs WHERE key = ?", (str(key),))
         if not rows:
             raise KeyError(key)
-        try:
-            value = torch.load(io.BytesIO(rows[0][0]), map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any failure means a corrupt (or unsafe) blob
-            detail = (str(err).strip().splitlines() or [""])[0]
-            raise StudyError(
-                f"The part {key!r} of the tuner state stored in {str(self._store.path / 'study.sqlite')!r} cannot "
-                f"be loaded ({type(err).__name__}: {detail}); it is refused. The study's rows are intact: "
-                "FMSTuner.fit() rebuilds the tuner state from them."
-            ) from None
+        value = _load_stored(
+            rows[0][0], f"The part {key!r} of the tuner state stored in {str(self._store.path / 'study.sqlite')!r}"
+        )
         self._loaded[key] = value
         return value
 
@@ -388,3 +370,21 @@ class _Blobs(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return int(self._store._query("SELECT COUNT(*) FROM tuner_blobs")[0][0]) if self._has_table() else 0
+
+
+def _load_stored(data: bytes, what: str) -> Any:
+    """``torch.load`` of a stored blob, tensors and plain values only.
+
+    Raises:
+        StudyError: Naming ``what`` (e.g. "The tuner state stored in '...'"), if the blob is corrupt or unsafe.
+    """
+    import io
+
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means a corrupt (or unsafe) blob
+        detail = (str(err).strip().splitlines() or [""])[0]
+        raise StudyError(
+            f"{what} cannot be loaded ({type(err).__name__}: {detail}); it is refused. The study's rows are intact: "
+            "FMSTuner.fit() rebuilds the tuner state from them."
+        ) from None
