@@ -49,9 +49,13 @@ class KillOnce(Callback):
         self.marker = marker
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not os.path.exists(self.marker):
-            Path(self.marker).write_text(str(os.getpid()))
-            os.kill(os.getpid(), signal.SIGKILL)
+        try:  # created atomically: of two workers starting an epoch at once, only one is killed
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _ray_tuner(tmp_path, budget=8, method="dyhpo", callbacks=(), executor="ray", **kw) -> FMSTuner:
