@@ -26,7 +26,7 @@ from fms_lightning._threads import check_threads
 from fms_lightning._validate import check_int, check_mode
 from fms_lightning.acquisition import Acquisition
 from fms_lightning.errors import ConfigurationError, SurrogateError
-from fms_lightning.optimizer import _model
+from fms_lightning.optimizer import _ahead, _model
 from fms_lightning.optimizer._nfn import nfn_encoder
 from fms_lightning.optimizer._options import (
     Method, Weights, make_featurizer, parse_method, resolve_gmn_training, surrogate_threads,
@@ -38,7 +38,7 @@ from fms_lightning.surrogate.dataset import InputLayout, make_row
 from fms_lightning.surrogate.gp import Surrogate, SurrogateConfig
 from fms_lightning.surrogate.readout import GMNTraining, SnapshotFeaturizer
 from fms_lightning.surrogate.weights import GraphFn
-from fms_lightning.trial import Suggestion, TrialStatus
+from fms_lightning.trial import Suggestion
 
 __all__ = ["FMSOptimizer"]
 
@@ -305,23 +305,11 @@ class FMSOptimizer(_TrialsAndState):
         Raises:
             SurrogateError: If the surrogate cannot be fit (the next :meth:`suggest` fits as usual).
         """
-        if not self._fits_ahead():
-            return False
-        version = self._trials.version
-        fitted = self.surrogate.model is None or self._fitted_at != version or self._conditioned_at == version
-        if fitted:
-            self._ahead, self._fitted_at = None, -1  # fit to this version as a suggest() with new data would
-            _model.fit(self)
-            self._conditioned_at = -1
-        self._ahead = (version, {tid: len(t.curve) for tid, t in self._trials.with_status(TrialStatus.RUNNING)})
-        return fitted
+        return _ahead.fit(self)
 
     def _fit_ahead_result(self) -> dict[str, Any]:
         """What :meth:`fit_ahead` left, for :meth:`_adopt_fit_ahead` in the process this one was forked from."""
-        ahead = None if self._ahead is None else [self._ahead[0], sorted(self._ahead[1].items())]
-        return {"version": self._trials.version, "fitted_at": self._fitted_at, "ahead": ahead,
-                "surrogate": self.surrogate.state_dict(), "loss": self.surrogate.last_fit_loss,
-                "steps": self.surrogate.last_fit_steps}
+        return _ahead.result(self)
 
     def _adopt_fit_ahead(self, result: Mapping[str, Any]) -> None:
         """Install :meth:`_fit_ahead_result` of a copy of this optimizer, as if :meth:`fit_ahead` had run here.
@@ -329,24 +317,7 @@ class FMSOptimizer(_TrialsAndState):
         Raises:
             ConfigurationError: If this optimizer's data changed since the copy was made.
         """
-        if int(result["version"]) != self._trials.version:
-            raise ConfigurationError(
-                f"The surrogate was fit ahead on data version {result['version']}, but this optimizer is at "
-                f"version {self._trials.version}; adopt the fit before observing anything new."
-            )
-        params, model = result["surrogate"]["model"], self.surrogate.model
-        try:  # into the model in place when it has the same structure (no rebuild)
-            if model is None or params is None:
-                raise KeyError("no model")
-            model.load_state_dict(params)
-            if self.surrogate.readout is not None:
-                self.surrogate.readout.prepare(train_trunk=False)
-        except (KeyError, RuntimeError):
-            self.surrogate.load_state_dict(result["surrogate"])
-        self.surrogate.last_fit_loss, self.surrogate.last_fit_steps = result["loss"], int(result["steps"])
-        self._fitted_at = int(result["fitted_at"])
-        ahead = result["ahead"]
-        self._ahead = None if ahead is None else (int(ahead[0]), {int(t): int(n) for t, n in ahead[1]})
+        _ahead.adopt(self, result)
 
     def state_dict(self, *, trials: bool = True, blobs: dict[str, Any] | None = None) -> dict[str, Any]:
         """Everything needed to continue: after a round trip the next suggestion is identical.
@@ -356,8 +327,7 @@ class FMSOptimizer(_TrialsAndState):
                 study) passes False and hands them back with :meth:`restore_trial`.
         """
         state = super().state_dict(trials=trials, blobs=blobs)
-        ahead = None if self._ahead is None else [self._ahead[0], sorted(self._ahead[1].items())]
-        state["fit_ahead"] = {"ahead": ahead, "conditioned_at": self._conditioned_at}
+        state["fit_ahead"] = {"ahead": _ahead.encode(self._ahead), "conditioned_at": self._conditioned_at}
         return state
 
     def load_state_dict(self, state: Mapping[str, Any], *, blobs: Mapping[str, Any] | None = None) -> None:
@@ -368,32 +338,17 @@ class FMSOptimizer(_TrialsAndState):
         """
         super().load_state_dict(state, blobs=blobs)
         saved = state.get("fit_ahead") or {}
-        ahead = saved.get("ahead")
-        self._ahead = None if ahead is None else (int(ahead[0]), {int(t): int(n) for t, n in ahead[1]})
+        self._ahead = _ahead.decode(saved.get("ahead"))
         self._conditioned_at = int(saved.get("conditioned_at", -1))
 
     # -- internals -------------------------------------------------------------------
     def _fits_ahead(self) -> bool:
         """Whether :meth:`fit_ahead` would fit or keep anything now (see there)."""
-        n = self.n_observations
-        return self.method is not Method.RANDOM and n > 0 and n >= self.surrogate_config.full_fit_until
+        return _ahead.applies(self)
 
     def _use_fit_ahead(self) -> bool:
-        """Whether this fit only conditions on the new data with :meth:`fit_ahead`'s parameters.
-
-        True when the surrogate still holds them (no other fit, pretraining or loading since)
-        and every new observation is one of the trials that were running then. The record is
-        used up either way.
-        """
-        ahead, self._ahead = self._ahead, None
-        if ahead is None or self.surrogate.model is None or self._fitted_at != ahead[0]:
-            return False
-        version, running = ahead
-        grown = sum(len(self._trials.get(tid).curve) - n for tid, n in running.items() if tid in self._trials)
-        if self._trials.version - version != grown:  # other trials changed, or a running one failed
-            return False
-        self._conditioned_at = self._trials.version
-        return True
+        """Whether this fit only conditions on the new data with :meth:`fit_ahead`'s parameters (uses the record up)."""
+        return _ahead.use(self)
 
     def _warn_once(self, key: str, msg: str) -> None:
         if key not in self._warned:
