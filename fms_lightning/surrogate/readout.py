@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fms_lightning.errors import ConfigurationError, IncompatibleWeightsError
-from fms_lightning.surrogate.weights import GraphFn, content_key, load_weights, resolve_blob
+from fms_lightning.surrogate.weights import GraphFn, content_key, load_weights, resolve_blob, stash_blob
 
 __all__ = ["GMNTraining", "GraphReadout", "SnapshotFeaturizer", "segment_mean"]
 
@@ -270,14 +270,8 @@ class SnapshotFeaturizer:
                 wirings.setdefault(sig, g.edge_index)
             else:
                 blobs.setdefault(f"wiring/{sig}", g.edge_index)
-            if blobs is not None:
-                blobs.setdefault(f"graph/{self.keys[slot]}", entry)
-                entry = {"blob": f"graph/{self.keys[slot]}"}
-            graphs.append(entry)
-        encoder: Any = self.encoder.state_dict()
-        if blobs is not None:
-            blobs.setdefault(f"encoder/{self._frozen_tag}", encoder)
-            encoder = {"blob": f"encoder/{self._frozen_tag}"}
+            graphs.append(stash_blob(entry, f"graph/{self.keys[slot]}", blobs))
+        encoder = stash_blob(self.encoder.state_dict(), f"encoder/{self._frozen_tag}", blobs)
         return {"mode": self.mode.value, "keys": list(self.keys), "graphs": graphs, "wirings": wirings,
                 "encoder": encoder}
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from fms_lightning.errors import ConfigurationError, IncompatibleWeightsError
 
-__all__ = ["WeightFeaturizer", "load_weights", "content_key", "model_graph_fn", "resolve_blob"]
+__all__ = ["WeightFeaturizer", "load_weights", "content_key", "model_graph_fn", "resolve_blob", "stash_blob"]
 
 GraphFn = Callable[[Mapping[str, Any], Mapping[str, torch.Tensor]], Any]
 
@@ -44,6 +44,15 @@ def content_key(state_dict: Mapping[str, torch.Tensor]) -> str:
     from fms_lightning.weightspace import state_dict_hash
 
     return state_dict_hash(state_dict)
+
+
+def stash_blob(value: Any, key: str, blobs: dict[str, Any] | None) -> Any:
+    """``value`` itself; or, with ``blobs``, ``value`` stored there once under ``key`` and the reference
+    ``{"blob": key}`` in its place (what :func:`resolve_blob` resolves)."""
+    if blobs is None:
+        return value
+    blobs.setdefault(key, value)
+    return {"blob": key}
 
 
 def resolve_blob(value: Any, blobs: Mapping[str, Any] | None) -> Any:
@@ -173,9 +182,7 @@ class WeightFeaturizer:
         if enc is not None and blobs is not None:
             from fms_lightning.weightspace import state_dict_hash
 
-            key = f"encoder/{state_dict_hash(enc)}"
-            blobs.setdefault(key, enc)
-            enc = {"blob": key}
+            enc = stash_blob(enc, f"encoder/{state_dict_hash(enc)}", blobs)
         return {"cache": dict(self.cache), "encoder": enc}
 
     def load_state_dict(self, state: Mapping[str, Any], *, blobs: Mapping[str, Any] | None = None) -> None:
