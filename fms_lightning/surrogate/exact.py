@@ -28,7 +28,7 @@ import torch
 from gpytorch.kernels.kernel import dist, sq_dist
 from linear_operator.utils.errors import NotPSDError
 
-__all__ = ["neg_mll", "eq3_loss", "posterior", "supports_direct"]
+__all__ = ["neg_mll", "eq3_loss", "exact_settings", "posterior", "supports_direct"]
 
 
 def supports_direct(model: gpytorch.models.ExactGP) -> bool:
@@ -152,3 +152,21 @@ def posterior(
     v = torch.linalg.solve_triangular(low, k_cross, upper=False)
     var = model.covar_module.outputscale - (v * v).sum(0)  # k(r, r) = s for these stationary kernels
     return mean, var
+
+
+class exact_settings:
+    """Context for gpytorch: exact Cholesky solves (no CG), with an optional extra jitter (retries)."""
+
+    def __init__(self, jitter: float | None) -> None:
+        ctx = [gpytorch.settings.max_cholesky_size(100_000), gpytorch.settings.fast_computations(False, False, False)]
+        if jitter is not None:
+            ctx.append(gpytorch.settings.cholesky_jitter(float_value=jitter, double_value=jitter))
+        self._ctx = ctx
+
+    def __enter__(self) -> None:
+        for c in self._ctx:
+            c.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        for c in reversed(self._ctx):
+            c.__exit__(*exc)

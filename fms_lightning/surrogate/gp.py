@@ -30,7 +30,7 @@ from torch import nn
 from fms_lightning.errors import ConfigurationError, SurrogateError
 from fms_lightning.surrogate.dataset import InputLayout
 from fms_lightning.surrogate.features import FeatureExtractor
-from fms_lightning.surrogate.exact import eq3_loss, posterior
+from fms_lightning.surrogate.exact import eq3_loss, exact_settings, posterior
 from fms_lightning.surrogate.readout import GraphReadout, SnapshotFeaturizer
 from fms_lightning.surrogate.stopping import LossPlateau
 
@@ -309,7 +309,7 @@ class Surrogate:
         cfg = self.config
         plateau = None if cfg.stop_rel_tol is None else LossPlateau(cfg.stop_window, cfg.stop_rel_tol)
         self.last_fit_steps = 0
-        with _settings(jitter):
+        with exact_settings(jitter):
             for _ in range(steps):
                 opt.zero_grad()
                 try:
@@ -356,7 +356,7 @@ class Surrogate:
             self.readout.prepare(train_trunk=False)
         for jitter in _JITTERS:
             try:
-                with _settings(jitter):
+                with exact_settings(jitter):
                     x_c, y_c = x_tr, y_tr
                     if fantasy_rows is not None and fantasy_rows.shape[0]:
                         fx = self._prep(fantasy_rows)
@@ -388,21 +388,3 @@ class Surrogate:
         self.model.load_state_dict(params)
         if self.readout is not None:
             self.readout.prepare(train_trunk=False)
-
-
-class _settings:
-    """Exact Cholesky solves (no CG) with an optional extra jitter."""
-
-    def __init__(self, jitter: float | None) -> None:
-        ctx = [gpytorch.settings.max_cholesky_size(100_000), gpytorch.settings.fast_computations(False, False, False)]
-        if jitter is not None:
-            ctx.append(gpytorch.settings.cholesky_jitter(float_value=jitter, double_value=jitter))
-        self._ctx = ctx
-
-    def __enter__(self) -> None:
-        for c in self._ctx:
-            c.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        for c in reversed(self._ctx):
-            c.__exit__(*exc)
